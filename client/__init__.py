@@ -1,0 +1,1 @@
+"""Flower ClientApp: a hospital site running ctan.engine on its own data."""

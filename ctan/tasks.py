@@ -1,0 +1,131 @@
+"""Task specifications: what each task predicts and how it is scored.
+
+A task is one output of the multi-task model. Pixel-level tasks (``segmentation``,
+``regression``) predict a map with ``classes`` channels at the input resolution; image-level
+tasks (``classification``) predict ``classes`` logits per image.
+
+Example:
+    >>> spec = TaskSpec(name="lesion", kind="segmentation", classes=1)
+    >>> spec.metrics, spec.exclusive, spec.is_pixel_task
+    (['dice'], False, True)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+TaskKind = Literal["segmentation", "regression", "classification"]
+TASK_KINDS: tuple[str, ...] = ("segmentation", "regression", "classification")
+PIXEL_KINDS: tuple[str, ...] = ("segmentation", "regression")
+
+TASK_NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """What the project knows about a metric before computing it.
+
+    Attributes:
+        kinds: task kinds the metric applies to.
+        higher_is_better: direction used by Δm (sign − where lower is better).
+    """
+
+    kinds: tuple[str, ...]
+    higher_is_better: bool
+
+
+METRICS: dict[str, MetricInfo] = {
+    "dice": MetricInfo(("segmentation",), True),
+    "iou": MetricInfo(("segmentation",), True),
+    "mae": MetricInfo(("regression",), False),
+    "mse": MetricInfo(("regression",), False),
+    "dose_score": MetricInfo(("regression",), False),
+    "dvh_score": MetricInfo(("regression",), False),
+    "accuracy": MetricInfo(("classification",), True),
+    "balanced_accuracy": MetricInfo(("classification",), True),
+    "auc": MetricInfo(("classification",), True),
+    "severity_auc": MetricInfo(("classification",), True),
+}
+
+DEFAULT_METRICS: dict[str, list[str]] = {
+    "segmentation": ["dice"],
+    "regression": ["mae"],
+    "classification": ["balanced_accuracy", "auc"],
+}
+
+
+class TaskSpec(BaseModel):
+    """One task of the multi-task model.
+
+    Attributes:
+        name: identifier used in parameter names (``heads.<name>``) and outputs; letters, digits
+            and underscores, starting with a letter.
+        kind: ``segmentation``, ``regression`` or ``classification``.
+        classes: output channels for pixel tasks, number of classes for classification.
+        exclusive: ``True`` for mutually exclusive classes (softmax), ``False`` for independent
+            labels (sigmoid). Defaults to ``True`` when ``classes > 1``; must be ``False`` for a
+            single channel and for regression.
+        metrics: metric names, the primary one first (defaults depend on ``kind``).
+        label: the data field this task is trained on; defaults to ``name``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    kind: TaskKind
+    classes: int = Field(ge=1)
+    exclusive: bool | None = None
+    metrics: list[str] = Field(default_factory=list)
+    label: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, name: str) -> str:
+        if not TASK_NAME_PATTERN.match(name):
+            raise ValueError(
+                f"task name {name!r} must start with a letter and hold only letters, digits and "
+                "underscores (it becomes part of parameter names such as heads.<name>)"
+            )
+        return name
+
+    @model_validator(mode="after")
+    def _resolve_defaults(self) -> TaskSpec:
+        if self.kind == "regression" or self.classes == 1:
+            if self.exclusive:
+                why = "regression" if self.kind == "regression" else "a single output channel"
+                raise ValueError(
+                    f"exclusive=True (softmax) is not possible for {why}; use exclusive: false "
+                    "or more classes"
+                )
+            exclusive = False
+        else:
+            exclusive = True if self.exclusive is None else self.exclusive
+        object.__setattr__(self, "exclusive", exclusive)
+        metrics = list(self.metrics) or list(DEFAULT_METRICS[self.kind])
+        for metric in metrics:
+            info = METRICS.get(metric)
+            allowed = sorted(m for m, i in METRICS.items() if self.kind in i.kinds)
+            if info is None or self.kind not in info.kinds:
+                raise ValueError(
+                    f"metric {metric!r} does not apply to a {self.kind} task; allowed: {allowed}"
+                )
+        if len(set(metrics)) != len(metrics):
+            raise ValueError(f"metrics {metrics} lists a metric twice")
+        object.__setattr__(self, "metrics", metrics)
+        if self.label is None:
+            object.__setattr__(self, "label", self.name)
+        return self
+
+    @property
+    def is_pixel_task(self) -> bool:
+        """Whether the task predicts a map at input resolution."""
+        return self.kind in PIXEL_KINDS
+
+    @property
+    def primary_metric(self) -> str:
+        """The metric that ranks models on this task."""
+        return self.metrics[0]

@@ -1,0 +1,1 @@
+"""Flower ServerApp: task-aware aggregation, checkpoints, resume and reporting."""
