@@ -47,6 +47,8 @@ __all__ = [
     "ExperimentConfig",
     "FederationConfig",
     "ModelConfig",
+    "PartitionConfig",
+    "PhantomConfig",
     "PrivacyConfig",
     "SiteConfig",
     "SplitConfig",
@@ -182,6 +184,14 @@ class SplitConfig(_Section):
         return self
 
 
+class PhantomConfig(_Section):
+    """Phantom data written into ``data.root`` in the data format's layout when it is missing."""
+
+    cases: int = Field(default=200, ge=1)
+    sites: int = Field(default=4, ge=1)
+    seed: int = Field(default=0, ge=0)
+
+
 class DataConfig(_Section):
     """Where the cases are and how they are read."""
 
@@ -190,6 +200,7 @@ class DataConfig(_Section):
     split: SplitConfig = Field(default_factory=SplitConfig)
     cache_dir: ResolvedPath | None = None
     skip_bad: bool = False
+    phantom: PhantomConfig | None = None
 
 
 class TrainConfig(_Section):
@@ -222,6 +233,25 @@ class SiteConfig(_Section):
     privacy: PrivacyConfig | None = None
 
 
+class PartitionConfig(_Section):
+    """How one data set is split into simulated sites."""
+
+    method: Literal["site", "iid", "dirichlet"] = "site"
+    num_sites: int | None = Field(default=None, ge=1, description="for iid and dirichlet")
+    alpha: float = Field(default=0.5, gt=0.0, description="Dirichlet concentration")
+    label: str | None = Field(default=None, description="task whose label Dirichlet skews")
+    min_cases: int = Field(default=1, ge=1, description="a smaller site is an error")
+    seed: int | None = Field(default=None, description="defaults to experiment.seed")
+
+    @model_validator(mode="after")
+    def _check_method(self) -> PartitionConfig:
+        if self.method in ("iid", "dirichlet") and self.num_sites is None:
+            raise ValueError(f"partition method {self.method!r} needs num_sites")
+        if self.method == "dirichlet" and self.label is None:
+            raise ValueError("partition method 'dirichlet' needs label (the task to skew)")
+        return self
+
+
 class FederationConfig(_Section):
     """Rounds, strategy and aggregation of a federated run."""
 
@@ -233,6 +263,7 @@ class FederationConfig(_Section):
     min_sites: int = Field(default=2, ge=1)
     heads: Literal["local", "federated"] = "local"
     round_timeout: float = Field(default=600.0, gt=0.0)
+    partition: PartitionConfig = Field(default_factory=PartitionConfig)
     sites: list[SiteConfig] = Field(default_factory=list)
 
 
