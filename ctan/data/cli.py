@@ -1,0 +1,63 @@
+"""``ctan data ...``: check a site's data before joining, and write phantom data sets."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+PHANTOM_LAYOUTS = ("ham10000", "openkbp", "stoic")
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    from ctan.config import load_config
+    from ctan.data.check import check_data
+
+    report = check_data(load_config(args.config), skip_bad=args.skip_bad)
+    print(report.render())
+    return 0 if report.ok else 1
+
+
+def _run_synth(args: argparse.Namespace) -> int:
+    from ctan.data.phantoms import write_phantoms
+
+    written = write_phantoms(
+        args.layout, args.out, cases=args.cases, sites=args.sites, seed=args.seed
+    )
+    print(f"wrote {args.cases} {args.layout} phantom cases from {args.sites} sites to {written}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``data`` command group to the ``ctan`` parser."""
+    data = subparsers.add_parser("data", help="check data, write phantom data sets")
+    commands = data.add_subparsers(dest="data_command", metavar="COMMAND", required=True)
+
+    check = commands.add_parser(
+        "check",
+        help="what a site's data holds: cases, labels per task, sites, problems",
+        description=(
+            "Read the data that a config points at, exactly as training would, and report cases, "
+            "labelled cases per task (and per channel for partial pixel labels), sites and every "
+            "problem found. Exit status 1 when problems were found."
+        ),
+    )
+    check.add_argument("--config", type=Path, required=True, help="experiment or site YAML")
+    check.add_argument(
+        "--skip-bad", action="store_true", help="report bad cases and go on instead of stopping"
+    )
+    check.set_defaults(handler=_run_check)
+
+    synth = commands.add_parser(
+        "synth",
+        help="write a phantom data set in a real data set's layout",
+        description=(
+            "Write deterministic phantom cases in the layout of HAM10000 (Dataverse), OpenKBP "
+            "(provided-data) or STOIC2021, so that the real readers read them."
+        ),
+    )
+    synth.add_argument("layout", choices=PHANTOM_LAYOUTS)
+    synth.add_argument("--out", type=Path, required=True, help="folder to write (created)")
+    synth.add_argument("--cases", type=int, default=200, help="number of cases (default 200)")
+    synth.add_argument("--sites", type=int, default=4, help="number of sites (default 4)")
+    synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    synth.set_defaults(handler=_run_synth)
