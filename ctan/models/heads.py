@@ -1,0 +1,108 @@
+"""Task heads: a U-Net-style decoder for pixel tasks, pooling + MLP for image-level tasks.
+
+Heads are chosen by task kind through :data:`HEADS`, so pixel-level and image-level tasks mix
+freely in one model. Every head takes the task's own list of stage features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from ctan.config import ModelConfig
+from ctan.models.layers import ConvNormAct, global_pool, make_act, make_conv, upsample
+from ctan.tasks import TaskSpec
+
+
+class PixelDecoder(nn.Module):
+    """U-Net-style decoder fed by the task's own skip features.
+
+    From the bottleneck up, each level upsamples, concatenates the skip feature of that stage and
+    applies a 3x3 conv-norm-act; a final 1x1 convolution gives ``out_channels`` maps (logits for
+    segmentation, values for regression).
+
+    Shapes:
+        features ``[(B, widths[s], *S / 2**s)]`` -> ``(B, out_channels, *S)``.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        widths: list[int],
+        out_channels: int,
+        norm: str,
+        act: str,
+        norm_groups: int,
+    ) -> None:
+        super().__init__()
+        self.levels = nn.ModuleList(
+            ConvNormAct(spatial_dims, widths[s + 1] + widths[s], widths[s], norm, act, norm_groups)
+            for s in range(len(widths) - 1)
+        )
+        self.output = make_conv(spatial_dims, widths[0], out_channels, kernel_size=1)
+
+    def forward(self, features: list[Tensor]) -> Tensor:
+        x = features[-1]
+        for stage in reversed(range(len(self.levels))):
+            skip = features[stage]
+            x = self.levels[stage](torch.cat([upsample(x, skip.shape[2:]), skip], dim=1))
+        return self.output(x)
+
+
+class ImageHead(nn.Module):
+    """Global average pooling of every stage, concatenated, then a two-layer MLP.
+
+    Pooling all stages lets a diagnosis use fine texture and coarse shape alike.
+
+    Shapes:
+        features ``[(B, widths[s], *S_s)]`` -> ``(B, out_channels)`` logits.
+    """
+
+    def __init__(
+        self, widths: list[int], out_channels: int, hidden: int, act: str, dropout: float
+    ) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(sum(widths), hidden),
+            make_act(act),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, out_channels),
+        )
+
+    def forward(self, features: list[Tensor]) -> Tensor:
+        return self.mlp(torch.cat([global_pool(f) for f in features], dim=1))
+
+
+def _pixel_head(config: ModelConfig, task: TaskSpec) -> nn.Module:
+    return PixelDecoder(
+        config.spatial_dims, config.widths, task.classes, config.norm, config.act,
+        config.norm_groups,
+    )  # fmt: skip
+
+
+def _image_head(config: ModelConfig, task: TaskSpec) -> nn.Module:
+    return ImageHead(config.widths, task.classes, config.head_hidden, config.act, config.dropout)
+
+
+HEADS: dict[str, Callable[[ModelConfig, TaskSpec], nn.Module]] = {
+    "segmentation": _pixel_head,
+    "regression": _pixel_head,
+    "classification": _image_head,
+}
+
+
+def build_head(config: ModelConfig, task: TaskSpec) -> nn.Module:
+    """The head for ``task``'s kind.
+
+    Raises:
+        ValueError: no head is registered for the task's kind.
+    """
+    try:
+        factory = HEADS[task.kind]
+    except KeyError:
+        raise ValueError(
+            f"no head for task kind {task.kind!r}; registered: {sorted(HEADS)}"
+        ) from None
+    return factory(config, task)
