@@ -1,0 +1,363 @@
+"""Per-sample task losses with label masks, ready for DP-SGD.
+
+Every loss here returns one value per sample, shape ``(B,)``, and a missing label multiplies
+that sample's (or channel's) loss by zero instead of skipping it. Two things follow:
+
+* Opacus can use the losses unchanged: no sample's loss depends on another sample (Dice is
+  computed per sample, never over the batch), and the graph from every prediction to the loss
+  exists in every step, so every trainable parameter receives a (possibly zero) gradient.
+* A site without labels for a task still runs the task's branch; its loss is an exact zero.
+
+Losses by task kind (``TaskSpec.kind``, ``TaskSpec.exclusive``):
+
+* segmentation, ``exclusive=False`` (structures may overlap): sigmoid per channel,
+  MONAI ``DiceLoss`` + binary cross-entropy, per channel, then averaged over the labelled
+  channels of the sample.
+* segmentation, ``exclusive=True``: softmax over channels, MONAI ``DiceLoss`` per labelled
+  channel + cross-entropy; the cross-entropy term counts only for samples whose channels are all
+  labelled (a one-hot target is not defined when a class was not contoured).
+* regression: L1 inside the region of interest (OpenKBP's possible-dose mask), averaged over
+  the labelled channels.
+* classification: cross-entropy with optional class weights (``exclusive=True``), or binary
+  cross-entropy with optional positive-class weights (``exclusive=False``).
+
+Example:
+    >>> spec = TaskSpec(name="lesion", kind="segmentation", classes=1)
+    >>> loss = build_task_loss(spec)
+    >>> loss(torch.zeros(2, 1, 8, 8), torch.ones(2, 1, 8, 8), torch.ones(2, 1)).shape
+    torch.Size([2])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceLoss
+from torch import Tensor, nn
+
+from ctan.tasks import TaskSpec
+
+__all__ = [
+    "ClassificationLoss",
+    "MaskedL1Loss",
+    "SegmentationLoss",
+    "TaskLoss",
+    "build_task_loss",
+    "labelled_counts",
+    "labelled_samples",
+    "task_losses",
+]
+
+
+def _check_pixel_inputs(
+    spec: TaskSpec, prediction: Tensor, target: Tensor, mask: Tensor, roi: Tensor | None
+) -> None:
+    if prediction.ndim < 3:
+        raise ValueError(
+            f"task {spec.name!r}: prediction must be (B, C, *spatial) with 1 to 3 spatial dims, "
+            f"got shape {tuple(prediction.shape)}"
+        )
+    if prediction.shape[1] != spec.classes:
+        raise ValueError(
+            f"task {spec.name!r}: prediction has {prediction.shape[1]} channels, "
+            f"the task has classes={spec.classes}"
+        )
+    if target.shape != prediction.shape:
+        raise ValueError(
+            f"task {spec.name!r}: target shape {tuple(target.shape)} must equal prediction "
+            f"shape {tuple(prediction.shape)}"
+        )
+    if mask.shape != prediction.shape[:2]:
+        raise ValueError(
+            f"task {spec.name!r}: mask must be per channel, shape {tuple(prediction.shape[:2])}, "
+            f"got {tuple(mask.shape)}"
+        )
+    if roi is not None and roi.shape != (prediction.shape[0], 1, *prediction.shape[2:]):
+        raise ValueError(
+            f"task {spec.name!r}: roi must be (B, 1, *spatial) = "
+            f"{(prediction.shape[0], 1, *prediction.shape[2:])}, got {tuple(roi.shape)}"
+        )
+
+
+def _spatial_mean(values: Tensor, roi: Tensor | None) -> Tensor:
+    """Mean over spatial dims, inside ``roi`` where given: ``(B, C, *spatial) -> (B, C)``."""
+    dims = tuple(range(2, values.ndim))
+    if roi is None:
+        return values.mean(dim=dims)
+    return (values * roi).sum(dim=dims) / roi.sum(dim=dims).clamp(min=1.0)
+
+
+def _channel_mean(per_channel: Tensor, mask: Tensor) -> Tensor:
+    """Mean over labelled channels: ``(B, C), (B, C) -> (B,)``; zero where none is labelled."""
+    return (per_channel * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+
+class TaskLoss(nn.Module):
+    """Base of the per-sample task losses.
+
+    Subclasses implement :meth:`forward` with the signature below; the result is zero (and
+    still connected to ``prediction``) for every sample whose mask is zero.
+
+    Args:
+        spec: the task this loss trains.
+    """
+
+    def __init__(self, spec: TaskSpec) -> None:
+        super().__init__()
+        self.spec = spec
+
+    def forward(
+        self, prediction: Tensor, target: Tensor, mask: Tensor, roi: Tensor | None = None
+    ) -> Tensor:
+        """Per-sample loss.
+
+        Args:
+            prediction: raw model output (logits for segmentation and classification),
+                ``(B, C, *spatial)`` for pixel tasks, ``(B, C)`` for classification.
+            target: as in the sample contract (``ctan.data.base``), batched.
+            mask: label availability, ``(B, C)`` for pixel tasks, ``(B,)`` for classification.
+            roi: ``(B, 1, *spatial)`` region where a pixel task is scored, or ``None``.
+
+        Returns:
+            ``(B,)`` loss per sample.
+
+        Raises:
+            ValueError: if the shapes do not match the task.
+        """
+        raise NotImplementedError
+
+
+class SegmentationLoss(TaskLoss):
+    """Dice + cross-entropy per sample, sigmoid or softmax by ``spec.exclusive``.
+
+    Dice is MONAI's ``DiceLoss`` with ``reduction="none"`` and ``batch=False`` (one value per
+    sample and channel). With ``exclusive=False`` each channel is an independent structure:
+    sigmoid, Dice + binary cross-entropy per channel, averaged over labelled channels. With
+    ``exclusive=True`` the channels are one-hot classes: softmax, Dice averaged over labelled
+    channels, plus the voxel cross-entropy for samples with every channel labelled. Where
+    ``roi`` is given, voxels outside it are ignored by both terms.
+
+    Args:
+        spec: a segmentation task.
+        smooth: Dice smoothing added to numerator and denominator.
+    """
+
+    def __init__(self, spec: TaskSpec, smooth: float = 1e-5) -> None:
+        super().__init__(spec)
+        self.dice = DiceLoss(reduction="none", smooth_nr=smooth, smooth_dr=smooth)
+
+    def forward(
+        self, prediction: Tensor, target: Tensor, mask: Tensor, roi: Tensor | None = None
+    ) -> Tensor:
+        """See :meth:`TaskLoss.forward`; ``(B, C, *spatial)`` in, ``(B,)`` out."""
+        _check_pixel_inputs(self.spec, prediction, target, mask, roi)
+        target = target.to(prediction.dtype)
+        mask = mask.to(prediction.dtype)
+        if self.spec.exclusive:
+            probabilities = torch.softmax(prediction, dim=1)
+        else:
+            probabilities = torch.sigmoid(prediction)
+        scored_target = target
+        if roi is not None:
+            roi = roi.to(prediction.dtype)
+            probabilities = probabilities * roi
+            scored_target = target * roi
+        dice = self.dice(probabilities, scored_target).reshape(mask.shape)
+        if self.spec.exclusive:
+            voxel_ce = -(target * torch.log_softmax(prediction, dim=1)).sum(dim=1, keepdim=True)
+            cross_entropy = _spatial_mean(voxel_ce, roi)[:, 0]
+            complete = (mask > 0).all(dim=1).to(prediction.dtype)
+            return _channel_mean(dice, mask) + complete * cross_entropy
+        bce = F.binary_cross_entropy_with_logits(prediction, target, reduction="none")
+        return _channel_mean(dice + _spatial_mean(bce, roi), mask)
+
+
+class MaskedL1Loss(TaskLoss):
+    """Mean absolute error per sample inside ``roi``, over labelled channels.
+
+    For OpenKBP dose this is the training counterpart of the dose score: L1 inside the
+    possible-dose mask.
+    """
+
+    def forward(
+        self, prediction: Tensor, target: Tensor, mask: Tensor, roi: Tensor | None = None
+    ) -> Tensor:
+        """See :meth:`TaskLoss.forward`; ``(B, C, *spatial)`` in, ``(B,)`` out."""
+        _check_pixel_inputs(self.spec, prediction, target, mask, roi)
+        error = (prediction - target.to(prediction.dtype)).abs()
+        roi = None if roi is None else roi.to(prediction.dtype)
+        return _channel_mean(_spatial_mean(error, roi), mask.to(prediction.dtype))
+
+
+class ClassificationLoss(TaskLoss):
+    """Cross-entropy (``exclusive=True``) or binary cross-entropy (``exclusive=False``).
+
+    Args:
+        spec: a classification task.
+        class_weights: ``(classes,)`` non-negative. For ``exclusive=True`` the weight of each
+            class (a sample's loss is multiplied by the weight of its true class, as
+            ``torch.nn.functional.cross_entropy(weight=...)``); for ``exclusive=False`` the
+            weight of the positive examples of each label (``pos_weight`` of
+            ``binary_cross_entropy_with_logits``), e.g. ``negatives / positives``.
+
+    Raises:
+        ValueError: if ``class_weights`` has the wrong length or a negative value.
+    """
+
+    def __init__(self, spec: TaskSpec, class_weights: Tensor | None = None) -> None:
+        super().__init__(spec)
+        if class_weights is not None:
+            class_weights = torch.as_tensor(class_weights, dtype=torch.float32).flatten()
+            if class_weights.numel() != spec.classes:
+                raise ValueError(
+                    f"class_weights for task {spec.name!r} must have {spec.classes} values "
+                    f"(one per class), got {class_weights.numel()}"
+                )
+            if bool((class_weights < 0).any()):
+                raise ValueError(
+                    f"class_weights for task {spec.name!r} must be non-negative, "
+                    f"got {class_weights.tolist()}"
+                )
+        self.register_buffer("class_weights", class_weights)
+
+    def forward(
+        self, prediction: Tensor, target: Tensor, mask: Tensor, roi: Tensor | None = None
+    ) -> Tensor:
+        """See :meth:`TaskLoss.forward`; ``(B, C)`` logits in, ``(B,)`` out.
+
+        ``target`` is ``(B,)`` int64 class indices for ``exclusive=True``, ``(B, C)`` float in
+        {0, 1} for ``exclusive=False`` (``(B,)`` is accepted when ``C == 1``); ``roi`` is
+        ignored.
+        """
+        batch = prediction.shape[0]
+        if prediction.shape != (batch, self.spec.classes):
+            raise ValueError(
+                f"task {self.spec.name!r}: prediction must be (B, {self.spec.classes}), "
+                f"got {tuple(prediction.shape)}"
+            )
+        if mask.shape != (batch,):
+            raise ValueError(
+                f"task {self.spec.name!r}: mask must be ({batch},), got {tuple(mask.shape)}"
+            )
+        weights = None if self.class_weights is None else self.class_weights.to(prediction)
+        if self.spec.exclusive:
+            if target.shape != (batch,):
+                raise ValueError(
+                    f"task {self.spec.name!r}: target must be ({batch},) class indices, "
+                    f"got {tuple(target.shape)}"
+                )
+            loss = F.cross_entropy(prediction, target.long(), weight=weights, reduction="none")
+        else:
+            if self.spec.classes == 1 and target.shape == (batch,):
+                target = target.unsqueeze(1)
+            if target.shape != prediction.shape:
+                raise ValueError(
+                    f"task {self.spec.name!r}: target must be (B, C) = {tuple(prediction.shape)}"
+                    f", got {tuple(target.shape)}"
+                )
+            loss = F.binary_cross_entropy_with_logits(
+                prediction, target.to(prediction.dtype), pos_weight=weights, reduction="none"
+            ).mean(dim=1)
+        return loss * mask.to(prediction.dtype)
+
+
+def build_task_loss(spec: TaskSpec, class_weights: Tensor | None = None) -> TaskLoss:
+    """The loss for ``spec`` by its kind.
+
+    Args:
+        spec: the task.
+        class_weights: ``(classes,)`` weights, classification tasks only
+            (see :class:`ClassificationLoss`).
+
+    Returns:
+        a :class:`TaskLoss` mapping ``(prediction, target, mask, roi)`` to ``(B,)``.
+
+    Raises:
+        ValueError: if ``class_weights`` is given for a pixel task, or is invalid.
+    """
+    if spec.kind == "classification":
+        return ClassificationLoss(spec, class_weights)
+    if class_weights is not None:
+        raise ValueError(
+            f"class_weights apply to classification tasks only; task {spec.name!r} is {spec.kind}"
+        )
+    if spec.kind == "segmentation":
+        return SegmentationLoss(spec)
+    return MaskedL1Loss(spec)
+
+
+def labelled_samples(spec: TaskSpec, mask: Tensor) -> Tensor:
+    """Which samples carry any label for the task: ``(B, C)`` or ``(B,)`` -> ``(B,)`` float."""
+    if spec.is_pixel_task:
+        return (mask > 0).any(dim=1).to(torch.float32)
+    return (mask > 0).to(torch.float32)
+
+
+def _task_fields(batch: Mapping[str, Any], spec: TaskSpec) -> tuple[Tensor, Tensor, Tensor | None]:
+    for key in ("targets", "target_masks"):
+        if spec.label not in batch.get(key, {}):
+            raise ValueError(
+                f"batch[{key!r}] has no entry {spec.label!r} for task {spec.name!r}; "
+                f"it has {sorted(batch.get(key, {}))}"
+            )
+    roi = batch.get("roi", {}).get(spec.label)
+    return batch["targets"][spec.label], batch["target_masks"][spec.label], roi
+
+
+def labelled_counts(batch: Mapping[str, Any], tasks: Sequence[TaskSpec]) -> dict[str, int]:
+    """Number of samples in ``batch`` with any label for each task, by task name.
+
+    Raises:
+        ValueError: if the batch lacks a task's label key.
+    """
+    return {
+        spec.name: int(labelled_samples(spec, _task_fields(batch, spec)[1]).sum().item())
+        for spec in tasks
+    }
+
+
+def task_losses(
+    outputs: Mapping[str, Tensor],
+    batch: Mapping[str, Any],
+    tasks: Sequence[TaskSpec],
+    losses: Mapping[str, TaskLoss] | None = None,
+) -> dict[str, Tensor]:
+    """One scalar loss per task: the mean per-sample loss over the samples labelled for it.
+
+    When no sample of the batch is labelled for a task the result is an exact zero that still
+    depends on the prediction, so every parameter gets a gradient. Dividing by the number of
+    labelled samples (not ``B``) scales each sample's gradient by ``B / labelled``; under DP-SGD
+    the per-sample clipping bounds it all the same.
+
+    Args:
+        outputs: model output by task name, shapes as in :meth:`TaskLoss.forward`.
+        batch: a collated batch following the sample contract (``ctan.data.base``).
+        tasks: the tasks to compute.
+        losses: prebuilt losses by task name (e.g. with class weights); tasks missing here get
+            ``build_task_loss(spec)``.
+
+    Returns:
+        ``{task name: scalar tensor}``.
+
+    Raises:
+        ValueError: if ``outputs`` lacks a task or the batch lacks its label key.
+    """
+    losses = losses or {}
+    result: dict[str, Tensor] = {}
+    for spec in tasks:
+        if spec.name not in outputs:
+            raise ValueError(
+                f"outputs have no prediction for task {spec.name!r}; they have {sorted(outputs)}"
+            )
+        prediction = outputs[spec.name]
+        target, mask, roi = _task_fields(batch, spec)
+        loss_fn = losses.get(spec.name)
+        if loss_fn is None:
+            loss_fn = build_task_loss(spec).to(prediction.device)
+        per_sample = loss_fn(prediction, target, mask, roi)
+        labelled = labelled_samples(spec, mask).to(per_sample)
+        result[spec.name] = (per_sample * labelled).sum() / labelled.sum().clamp(min=1.0)
+    return result
