@@ -1,0 +1,144 @@
+"""The plug-in contract of a data format: list cases cheaply, preprocess one case, pick a sample.
+
+A format reader is registered by name in :mod:`ctan.data.dataset`; callers never branch on the
+format's name. Readers hold no mutable state beyond their construction arguments, so one process
+can serve several simulated sites.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from ctan.config import Config
+from ctan.data.base import Case
+
+__all__ = ["BadCase", "CaseList", "FormatReader", "LabelInfo", "ListingProblems"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LabelInfo:
+    """What a reader provides under one label key.
+
+    Attributes:
+        level: ``pixel`` (a map ``(channels, *image_size)`` in the preprocessed arrays) or
+            ``image`` (a value in :attr:`Case.labels`).
+        channels: channels of a pixel label, or classes of an image-level label.
+        names: channel or class names in order.
+        roi: for pixel labels, the key of the preprocessed array that says where it is scored.
+    """
+
+    level: Literal["pixel", "image"]
+    channels: int
+    names: tuple[str, ...] = ()
+    roi: str | None = None
+
+
+@dataclass(frozen=True)
+class BadCase:
+    """A case that could not be read: its name, the file at fault and the problem."""
+
+    name: str
+    reason: str
+
+
+class CaseList(list):
+    """A ``list[Case]`` that also carries the bad cases skipped under ``data.skip_bad``."""
+
+    def __init__(self, cases: list[Case] = (), skipped: list[BadCase] | None = None) -> None:
+        super().__init__(cases)
+        self.skipped: list[BadCase] = list(skipped or [])
+
+
+@dataclass
+class ListingProblems:
+    """Collects bad cases while listing: raises at once unless ``skip_bad`` is set."""
+
+    skip_bad: bool
+    skipped: list[BadCase] = field(default_factory=list)
+
+    def bad(self, name: str, error: Exception) -> None:
+        """Record ``error`` for case ``name``, or re-raise it when bad cases are not skipped."""
+        if not self.skip_bad:
+            raise error
+        log.warning("skipping bad case %s: %s", name, error)
+        self.skipped.append(BadCase(name, str(error)))
+
+
+class FormatReader(ABC):
+    """One data format: how cases are listed and how one case becomes arrays.
+
+    Args:
+        config: the experiment config; readers read ``config.data`` and ``config.model``
+            (``spatial_dims``, ``image_size``, ``in_channels``), and the manifest reader also
+            ``config.tasks``.
+    """
+
+    #: bump when :meth:`preprocess` output changes, so cached arrays are rebuilt
+    version: str = "1"
+
+    def __init__(self, config: Config) -> None:
+        if config.data is None:
+            raise ValueError("the config has no data section; add data: {format: ..., root: ...}")
+        self.config = config
+        self.data = config.data
+        self.spatial_dims = config.model.spatial_dims
+        self.image_size = tuple(config.model.image_size)
+
+    @property
+    @abstractmethod
+    def labels(self) -> Mapping[str, LabelInfo]:
+        """Label keys this format provides, by key."""
+
+    @property
+    def image_channels(self) -> int | None:
+        """Channels of the image this format produces (``None``: decided by the files)."""
+        return None
+
+    @abstractmethod
+    def list_cases(self, root: Path, problems: ListingProblems) -> list[Case]:
+        """List the cases under ``root`` without reading pixels (headers are fine).
+
+        Raises:
+            FileNotFoundError: the layout's folders or files are missing (named).
+            ValueError: a metadata file is malformed (file and problem named).
+        """
+
+    @abstractmethod
+    def preprocess(self, case: Case) -> dict[str, np.ndarray]:
+        """Read and preprocess the files of ``case`` (the expensive, cached step).
+
+        Returns:
+            ``"image"``: ``float32 (C, *size)`` and one ``float32 (channels, *size)`` array per
+            pixel label key present (plus ROI arrays). ``size`` is ``image_size``, except for
+            readers whose :meth:`select` cuts samples out of a larger array.
+
+        Raises:
+            ValueError: a file is corrupt or inconsistent (the file is named).
+        """
+
+    def cache_id(self, case: Case) -> str:
+        """Which cached preprocessing unit ``case`` is cut from (by default, itself)."""
+        return case.case_id
+
+    def select(self, arrays: Mapping[str, np.ndarray], case: Case) -> dict[str, np.ndarray]:
+        """Cut the sample of ``case`` out of its cached unit (by default, all of it)."""
+        return dict(arrays)
+
+    def settings(self) -> dict[str, object]:
+        """Everything that changes :meth:`preprocess` output; it keys the cache."""
+        return {
+            "format": self.data.format,
+            "reader": type(self).__name__,
+            "version": self.version,
+            "spatial_dims": self.spatial_dims,
+            "image_size": list(self.image_size),
+        }

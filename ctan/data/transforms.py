@@ -1,0 +1,95 @@
+"""MONAI transforms shared by the readers and the dataset: resizing, intensity scaling and
+training augmentation.
+
+Preprocessing (resize, scale) is deterministic and its output is cached; augmentation runs on
+every training sample and is applied identically to the image, the pixel labels and the ROI
+(geometric transforms) while intensity jitter touches the image only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from monai.transforms import (
+    Compose,
+    RandAffined,
+    RandFlipd,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    Resize,
+    ScaleIntensityRange,
+)
+
+__all__ = ["augmentation", "resize_labels", "resize_values", "scale_range"]
+
+
+def resize_values(array: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """Resize intensities or regression values ``(C, *spatial)`` to ``(C, *size)``.
+
+    Downsampling averages (``area``) so thin structures are not aliased away; upsampling
+    repeats values.
+    """
+    if tuple(array.shape[1:]) == tuple(size):
+        return np.ascontiguousarray(array, dtype=np.float32)
+    out = Resize(spatial_size=tuple(size), mode="area")(torch.as_tensor(array, dtype=torch.float32))
+    return np.asarray(out, dtype=np.float32)
+
+
+def resize_labels(array: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """Resize binary masks ``(C, *spatial)`` to ``(C, *size)``, keeping them in {0, 1}.
+
+    A voxel of the result is 1 where at least half of the area it covers was 1.
+    """
+    return (resize_values(array.astype(np.float32), size) >= 0.5).astype(np.float32)
+
+
+def scale_range(array: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Clip ``array`` to ``[low, high]`` and map it linearly to ``[0, 1]`` (``float32``)."""
+    scale = ScaleIntensityRange(a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True)
+    return np.asarray(scale(np.asarray(array, dtype=np.float32)), dtype=np.float32)
+
+
+def augmentation(
+    image_key: str,
+    interpolated_keys: Sequence[str],
+    mask_keys: Sequence[str],
+    spatial_dims: int,
+    seed: int,
+) -> Compose:
+    """Random training augmentation on a sample dictionary of channel-first tensors.
+
+    Args:
+        image_key: the image, ``(C, *spatial)``; gets geometric and intensity changes.
+        interpolated_keys: maps resampled smoothly with the image (regression targets).
+        mask_keys: binary maps resampled by nearest neighbour (segmentations, ROIs).
+        spatial_dims: 2 or 3; flips are drawn independently along every spatial axis.
+        seed: seeds this transform's own random state (no global randomness).
+
+    Returns:
+        A MONAI ``Compose``: flips (p=0.5 per axis), a small affine (rotation up to 0.2 rad,
+        scaling ±10 %, p=0.5) and intensity scale/shift jitter (±10 %, p=0.5).
+    """
+    smooth = [image_key, *interpolated_keys]
+    keys = [*smooth, *mask_keys]
+    modes = ["bilinear"] * len(smooth) + ["nearest"] * len(mask_keys)
+    rotate = (0.2,) if spatial_dims == 2 else (0.2, 0.2, 0.2)
+    flips = [RandFlipd(keys=keys, prob=0.5, spatial_axis=axis) for axis in range(spatial_dims)]
+    compose = Compose(
+        [
+            *flips,
+            RandAffined(
+                keys=keys,
+                prob=0.5,
+                rotate_range=rotate,
+                scale_range=(0.1,) * spatial_dims,
+                mode=modes,
+                padding_mode="zeros",
+            ),
+            RandScaleIntensityd(keys=image_key, factors=0.1, prob=0.5),
+            RandShiftIntensityd(keys=image_key, offsets=0.1, prob=0.5),
+        ]
+    )
+    compose.set_random_state(seed=seed)
+    return compose
