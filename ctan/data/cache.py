@@ -1,11 +1,12 @@
 """On-disk cache of preprocessed cases, keyed by the preprocessing settings.
 
 Parsing OpenKBP CSVs, resampling CT volumes and decoding JPEGs is done once per case and stored as
-an uncompressed ``.npz`` file, so a second epoch or a second run only memory-copies arrays. The
-folder is ``<cache_dir>/<settings hash>/``; each entry's name also hashes the sizes and
-modification times of the case's source files, so an edited file is re-read. Entries are written
-to a temporary file and moved into place with :func:`os.replace`, so a crash or two processes
-writing the same case never leave a torn file. Nothing is kept in memory between calls.
+a folder of ``.npy`` files, memory-mapped on reading, so a second epoch or a second run reads only
+the bytes a sample needs (one slice of a cached volume). The folder is
+``<cache_dir>/<settings hash>/``; each entry's name also hashes the sizes and modification times
+of the case's source files, so an edited file is re-read. Entries are written into a temporary
+folder and moved into place with :func:`os.replace`, so a crash or two processes writing the same
+case never leave a torn entry. Nothing is kept in memory between calls.
 
 Example:
     >>> cache = CaseCache(Path("/tmp/c"), {"format": "ham10000", "image_size": [64, 64]})
@@ -19,8 +20,8 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
-import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -90,12 +91,14 @@ class CaseCache:
     def path(self, key: str, case: Case) -> Path:
         """Where the entry for unit ``key`` of ``case`` lives."""
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", key)
-        return self.directory / f"{safe}-{_source_stamp(case)}.npz"
+        return self.directory / f"{safe}-{_source_stamp(case)}"
 
     def get(
         self, case: Case, compute: Callable[[], dict[str, np.ndarray]], key: str | None = None
     ) -> dict[str, np.ndarray]:
         """The cached arrays of ``case`` (unit ``key``, default its id), computed on a miss.
+
+        Cached arrays are read-only memory maps; copy what you modify.
 
         Raises:
             whatever ``compute`` raises; a corrupt cache entry is recomputed, not raised.
@@ -103,11 +106,13 @@ class CaseCache:
         if not self.enabled:
             return compute()
         path = self.path(key or case.case_id, case)
-        if path.is_file():
+        if path.is_dir():
             try:
-                with np.load(path, allow_pickle=False) as stored:
-                    return {name: stored[name] for name in stored.files}
-            except (OSError, ValueError, zipfile.BadZipFile) as err:
+                return {
+                    item.stem: np.load(item, mmap_mode="r", allow_pickle=False)
+                    for item in sorted(path.glob("*.npy"))
+                }
+            except (OSError, ValueError) as err:
                 log.warning("cache entry %s is unreadable (%s); recomputing", path, err)
         arrays = compute()
         self._write(path, arrays)
@@ -118,14 +123,16 @@ class CaseCache:
             path.parent.mkdir(parents=True, exist_ok=True)
             if not (path.parent / "settings.json").exists():
                 _atomic_text(path.parent / "settings.json", json.dumps(self.settings, indent=1))
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=path.parent)
+            tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=path.parent))
             try:
-                with os.fdopen(fd, "wb") as handle:
-                    np.savez(handle, **arrays)
+                for name, array in arrays.items():
+                    np.save(tmp / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
+                if path.is_dir():
+                    shutil.rmtree(path)
                 os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            finally:
+                if tmp.exists():
+                    shutil.rmtree(tmp, ignore_errors=True)
         except OSError as err:
             log.warning("cannot write cache entry %s: %s", path, err)
 

@@ -163,7 +163,7 @@ def crop_box(mask_index: np.ndarray) -> tuple[tuple[int, int], ...]:
     for axis in (0, 1):
         start = max(0, min(GRID - side, (low[axis] + high[axis] - side) // 2))
         low[axis], high[axis] = start, start + side
-    return tuple((lo, hi) for lo, hi in zip(low, high))
+    return tuple((lo, hi) for lo, hi in zip(low, high, strict=True))
 
 
 def to_native(prediction: np.ndarray, box: tuple[tuple[int, int], ...]) -> np.ndarray:
@@ -195,7 +195,9 @@ def write_dose_csv(dose: np.ndarray, path: Path) -> Path:
         raise ValueError(f"dose for {path} has shape {dose.shape}, expected (128, 128, 128)")
     flat = dose.reshape(-1)
     index = np.flatnonzero(flat)
-    rows = "\n".join(f"{i},{v!r}" for i, v in zip(index.tolist(), flat[index].tolist()))
+    rows = "\n".join(
+        f"{i},{v!r}" for i, v in zip(index.tolist(), flat[index].tolist(), strict=True)
+    )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
@@ -278,8 +280,8 @@ class OpenKBPReader(FormatReader):
         return str(case.meta["patient_id"])
 
     def preprocess(self, case: Case) -> dict[str, np.ndarray]:
-        """Crop and resample one patient: 3D ``(C, D, H, W)``; 2D ``(C, H, W, Z)`` over the box
-        slices, which :meth:`select` cuts into ``(C, H, W)`` samples."""
+        """Crop and resample one patient: 3D ``(C, D, H, W)``; 2D ``(Z, C, H, W)`` over the box
+        slices (slice first, so one cached slice is contiguous), cut by :meth:`select`."""
         folder = Path(case.files["ct"]).parent
         volumes = read_patient(folder)
         box = case.meta["crop_box"]
@@ -293,15 +295,18 @@ class OpenKBPReader(FormatReader):
             return np.stack([volumes.get(n, zeros)[window] for n in names])
 
         ct = crop("ct") / CT_MAX
-        return {
+        arrays = {
             "image": np.concatenate([resize_values(ct, size), resize_labels(crop(*TARGETS), size)]),
             "dose": resize_values(crop("dose"), size),
             ROI_KEY: resize_labels(crop(ROI_KEY), size),
             "organs": resize_labels(crop(*ORGANS), size),
         }
+        if self.spatial_dims == 3:
+            return arrays
+        return {key: np.ascontiguousarray(np.moveaxis(a, -1, 0)) for key, a in arrays.items()}
 
     def select(self, arrays: Mapping[str, np.ndarray], case: Case) -> dict[str, np.ndarray]:
         if self.spatial_dims == 3:
-            return dict(arrays)
+            return super().select(arrays, case)
         z = case.meta["slice"] - case.meta["crop_box"][2][0]
-        return {key: np.ascontiguousarray(value[..., z]) for key, value in arrays.items()}
+        return {key: np.array(value[z]) for key, value in arrays.items()}

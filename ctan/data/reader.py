@@ -130,8 +130,9 @@ class FormatReader(ABC):
         return case.case_id
 
     def select(self, arrays: Mapping[str, np.ndarray], case: Case) -> dict[str, np.ndarray]:
-        """Cut the sample of ``case`` out of its cached unit (by default, all of it)."""
-        return dict(arrays)
+        """Cut the sample of ``case`` out of its (read-only) cached unit (by default, a copy of
+        all of it)."""
+        return {key: np.array(value) for key, value in arrays.items()}
 
     def settings(self) -> dict[str, object]:
         """Everything that changes :meth:`preprocess` output; it keys the cache."""

@@ -1,0 +1,312 @@
+"""Cases to samples: the format registry, the torch ``Dataset`` and the group-aware splitter.
+
+Example:
+    >>> cases = build_cases(config)                       # doctest: +SKIP
+    >>> splits = split_cases(cases, config.data.split, seed=0)
+    >>> train = CaseDataset(splits["train"], config, train=True)
+    >>> train[0]["image"].shape                           # (C, *image_size)
+
+Besides the keys of :mod:`ctan.data.base`, a sample holds ``case_labels``: every image-level
+label the reader knows for the case (``float32 ()``, NaN where missing), whether or not a task
+trains on it, so that for example STOIC's severity AUC can be computed over COVID-positive cases.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from torch.utils.data import Dataset
+
+from ctan.config import Config, SplitConfig
+from ctan.data.base import Case
+from ctan.data.cache import CaseCache, default_cache_dir
+from ctan.data.ham10000 import Ham10000Reader
+from ctan.data.manifest import ManifestReader
+from ctan.data.openkbp import OpenKBPReader
+from ctan.data.reader import CaseList, FormatReader, ListingProblems
+from ctan.data.stoic import StoicReader
+from ctan.data.transforms import augmentation
+
+__all__ = ["READERS", "CaseDataset", "build_cases", "make_reader", "split_cases"]
+
+log = logging.getLogger(__name__)
+
+READERS: Mapping[str, Callable[[Config], FormatReader]] = MappingProxyType(
+    {
+        "ham10000": Ham10000Reader,
+        "openkbp": OpenKBPReader,
+        "stoic": StoicReader,
+        "manifest": ManifestReader,
+    }
+)
+
+
+def make_reader(config: Config) -> FormatReader:
+    """The reader of ``config.data.format``.
+
+    Raises:
+        ValueError: no data section, or an unknown format (allowed formats named).
+    """
+    if config.data is None:
+        raise ValueError("the config has no data section; add data: {format: ..., root: ...}")
+    factory = READERS.get(config.data.format)
+    if factory is None:
+        raise ValueError(f"data.format {config.data.format!r} is unknown; allowed: {list(READERS)}")
+    return factory(config)
+
+
+def _ensure_root(config: Config) -> Path:
+    """``data.root``, first writing phantoms there when it is missing and ``data.phantom`` set."""
+    data = config.data
+    if data.root.exists() or data.phantom is None:
+        return data.root
+    from ctan.data.phantoms import write_phantoms
+
+    log.info("writing %s phantom data to %s", data.format, data.root)
+    return Path(
+        write_phantoms(
+            data.format,
+            data.root,
+            cases=data.phantom.cases,
+            sites=data.phantom.sites,
+            seed=data.phantom.seed,
+        )
+    )
+
+
+def build_cases(config: Config, skip_bad: bool | None = None) -> CaseList:
+    """List the cases of ``config.data`` (no pixels read).
+
+    Args:
+        config: the experiment config; ``data.format`` picks the reader.
+        skip_bad: go on past bad cases (default ``config.data.skip_bad``); they are logged and
+            kept in the result's ``skipped`` list.
+
+    Returns:
+        A :class:`~ctan.data.reader.CaseList` (a ``list[Case]`` with ``.skipped``).
+
+    Raises:
+        FileNotFoundError, ValueError: the layout is missing or a file is bad (named), and for
+            bad cases unless skipped.
+    """
+    reader = make_reader(config)
+    skip = config.data.skip_bad if skip_bad is None else skip_bad
+    problems = ListingProblems(skip_bad=skip)
+    cases = reader.list_cases(_ensure_root(config), problems)
+    if problems.skipped:
+        log.warning(
+            "skipped %d bad cases: %s",
+            len(problems.skipped),
+            ", ".join(b.name for b in problems.skipped),
+        )
+    return CaseList(cases, problems.skipped)
+
+
+def _group_of(case: Case, by: str | None) -> str:
+    if by is None or by == "group":
+        return case.group
+    if by == "case_id":
+        return case.case_id
+    if by == "site":
+        return str(case.site)
+    if by not in case.meta:
+        raise ValueError(
+            f"data.split.by {by!r} is not a field of case {case.case_id}; allowed: group, "
+            f"case_id, site, {', '.join(sorted(case.meta))}"
+        )
+    return str(case.meta[by])
+
+
+def split_cases(cases: list[Case], split: SplitConfig, seed: int) -> dict[str, list[Case]]:
+    """Split cases into ``train``/``validation``/``test`` without dividing a group.
+
+    Groups are shuffled with ``seed`` (``split.seed`` wins when set) and filled into test, then
+    validation, until each holds its fraction of the cases; the rest is train. Case order inside
+    a split follows the input order.
+
+    Raises:
+        ValueError: a requested split (or train) ends up empty; the message gives the case and
+            group counts and the fractions.
+    """
+    groups: dict[str, list[int]] = {}
+    for index, case in enumerate(cases):
+        groups.setdefault(_group_of(case, split.by), []).append(index)
+    names = sorted(groups)
+    rng = np.random.default_rng(seed if split.seed is None else split.seed)
+    order = [names[i] for i in rng.permutation(len(names))]
+    total = len(cases)
+    targets = {"test": split.test * total, "validation": split.validation * total}
+    assigned: dict[str, list[int]] = {"train": [], "validation": [], "test": []}
+    filled = dict.fromkeys(targets, 0)
+    for name in order:
+        members = groups[name]
+        part = next(
+            (
+                p
+                for p in ("test", "validation")
+                if filled[p] + len(members) / 2 <= targets[p] and targets[p] > 0
+            ),
+            "train",
+        )
+        if part != "train":
+            filled[part] += len(members)
+        assigned[part].extend(members)
+    for part, fraction in (("validation", split.validation), ("test", split.test), ("train", 1)):
+        if fraction > 0 and not assigned[part]:
+            raise ValueError(
+                f"the {part} split is empty: {total} cases in {len(names)} groups cannot give "
+                f"validation {split.validation} and test {split.test} of the cases without "
+                "dividing a group; use more cases or other fractions"
+            )
+    return {part: [cases[i] for i in sorted(members)] for part, members in assigned.items()}
+
+
+class CaseDataset(Dataset):
+    """Samples (see :mod:`ctan.data.base`) of ``cases`` for the tasks of ``config``.
+
+    Preprocessing runs once per case through the on-disk cache (``data.cache_dir``, default
+    ``<root>/.ctan-cache`` when writable, else ``~/.cache/ctan``); augmentation runs on training
+    samples only.
+
+    Args:
+        cases: the cases to serve (from :func:`build_cases` / :func:`split_cases`).
+        config: the experiment config (data, model and tasks).
+        train: apply random augmentation.
+        cache: cache the preprocessed arrays on disk (``False`` for benchmarks).
+
+    Raises:
+        ValueError: a task's label key is not provided by the format, or its channel count
+            disagrees with the format's (allowed keys named); ``model.in_channels`` disagrees
+            with the format's image channels.
+    """
+
+    def __init__(self, cases: list[Case], config: Config, train: bool, cache: bool = True) -> None:
+        self.cases = list(cases)
+        self.config = config
+        self.train = train
+        self.reader = make_reader(config)
+        labels = self.reader.labels
+        for task in config.tasks:
+            info = labels.get(task.label)
+            if info is None:
+                raise ValueError(
+                    f"task {task.name!r} reads label {task.label!r}, which data.format "
+                    f"{config.data.format!r} does not provide; allowed: {list(labels)}"
+                )
+            if info.level != ("pixel" if task.is_pixel_task else "image"):
+                raise ValueError(
+                    f"task {task.name!r} ({task.kind}) reads {info.level}-level label "
+                    f"{task.label!r}; choose a {info.level}-level task kind"
+                )
+            binary = info.level == "image" and info.channels == 2 and task.classes == 1
+            if task.classes != info.channels and not binary:
+                raise ValueError(
+                    f"task {task.name!r} has classes {task.classes} but label {task.label!r} of "
+                    f"{config.data.format!r} has {info.channels}"
+                )
+        channels = self.reader.image_channels
+        if channels is not None and channels != config.model.in_channels:
+            raise ValueError(
+                f"model.in_channels is {config.model.in_channels} but data.format "
+                f"{config.data.format!r} gives {channels}-channel images"
+            )
+        directory = config.data.cache_dir or default_cache_dir(config.data.root)
+        self.cache = CaseCache(directory, self.reader.settings(), enabled=cache)
+        pixel = [t for t in config.tasks if t.is_pixel_task]
+        rois = sorted({labels[t.label].roi for t in pixel if labels[t.label].roi})
+        self._augment = (
+            augmentation(
+                "image",
+                [t.label for t in pixel if t.kind == "regression"],
+                [t.label for t in pixel if t.kind == "segmentation"] + rois,
+                config.model.spatial_dims,
+                seed=config.experiment.seed,
+            )
+            if train
+            else None
+        )
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def arrays(self, case: Case) -> dict[str, np.ndarray]:
+        """The preprocessed arrays of ``case`` (from the cache, computed on a miss)."""
+        unit = self.reader.cache_id(case)
+        stored = self.cache.get(case, lambda: self.reader.preprocess(case), key=unit)
+        return self.reader.select(stored, case)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        case = self.cases[index]
+        arrays = self.arrays(case)
+        labels = self.reader.labels
+        tensors = {"image": torch.from_numpy(np.asarray(arrays["image"], dtype=np.float32))}
+        targets: dict[str, torch.Tensor] = {}
+        masks: dict[str, torch.Tensor] = {}
+        roi: dict[str, torch.Tensor] = {}
+        for task in self.config.tasks:
+            key = task.label
+            if task.is_pixel_task:
+                tensors[key] = torch.from_numpy(np.asarray(arrays[key], dtype=np.float32))
+                avail = case.available.get(key, (False,) * task.classes)
+                if isinstance(avail, bool):
+                    avail = (avail,) * task.classes
+                masks[key] = torch.tensor(avail, dtype=torch.float32)
+                roi_key = labels[key].roi
+                if roi_key:
+                    tensors[roi_key] = torch.from_numpy(np.asarray(arrays[roi_key], np.float32))
+            else:
+                value = case.labels.get(key)
+                ok = bool(case.available.get(key, False)) and value is not None
+                targets[key] = _image_target(
+                    task.classes, bool(task.exclusive), value if ok else None
+                )
+                masks[key] = torch.tensor(float(ok))
+        if self._augment is not None:
+            tensors = {
+                k: v.as_tensor() if isinstance(v, MetaTensor) else torch.as_tensor(v)
+                for k, v in self._augment(tensors).items()
+            }
+        for task in self.config.tasks:
+            if task.is_pixel_task:
+                targets[task.label] = tensors[task.label].float().contiguous()
+                roi_key = labels[task.label].roi
+                if roi_key:
+                    roi[task.label] = tensors[roi_key].float().contiguous()
+        case_labels = {
+            k: torch.tensor(float("nan") if v is None or isinstance(v, tuple) else float(v))
+            for k, v in case.labels.items()
+        }
+        sample: dict[str, Any] = {
+            "image": tensors["image"].float().contiguous(),
+            "targets": targets,
+            "target_masks": masks,
+            "case_id": case.case_id,
+            "site": case.site or "",
+            "case_labels": case_labels,
+        }
+        if roi:
+            sample["roi"] = roi
+        return sample
+
+
+def _image_target(classes: int, exclusive: bool, value: Any) -> torch.Tensor:
+    """``int64 ()`` class index (exclusive), or ``float32 (classes,)`` multi-hot; zeros if
+    missing."""
+    if exclusive:
+        return torch.tensor(0 if value is None else int(value), dtype=torch.int64)
+    target = torch.zeros(classes, dtype=torch.float32)
+    if value is None:
+        return target
+    if classes == 1:
+        target[0] = float(value)
+        return target
+    for index in value if isinstance(value, tuple) else (value,):
+        target[int(index)] = 1.0
+    return target
