@@ -394,11 +394,6 @@ class TaskMetrics:
         voxel_dimensions: Sequence[float] | None = None,
         threshold: float = 0.5,
     ) -> None:
-        for metric in spec.metrics:
-            if spec.kind not in METRICS[metric].kinds:
-                raise ValueError(
-                    f"metric {metric!r} does not apply to {spec.kind} task {spec.name!r}"
-                )
         if {"dose_score", "dvh_score"} & set(spec.metrics) and spec.classes != 1:
             raise ValueError(
                 f"dose_score and dvh_score need a single dose channel; task {spec.name!r} has "
@@ -493,6 +488,13 @@ class TaskMetrics:
                 f"task {self.spec.name!r}: prediction must be (B, {self.spec.classes}) and mask "
                 f"(B,), got {tuple(prediction.shape)} and {tuple(mask.shape)}"
             )
+        expected = batch if self.spec.exclusive else batch * self.spec.classes
+        if target.numel() != expected:
+            raise ValueError(
+                f"task {self.spec.name!r}: target must hold {expected} values "
+                f"({'class indices (B,)' if self.spec.exclusive else 'labels (B, C)'}), got "
+                f"shape {tuple(target.shape)}"
+            )
         keep = mask > 0
         if self.spec.exclusive:
             scores = torch.softmax(prediction, dim=1)
@@ -576,21 +578,21 @@ class TaskMetrics:
         target: Tensor,
         mask: Tensor,
         roi: Tensor | None,
-        companion: Tensor | None,
+        companion: Tensor,
         companion_mask: Tensor | None,
         voxel_dimensions: Tensor | None,
     ) -> None:
         batch = prediction.shape[0]
-        structures = companion.detach().cpu() if companion is not None else None
+        structures = companion.detach().cpu()
         if (
-            structures is None
+            structures.ndim != prediction.ndim
             or structures.shape[0] != batch
-            or structures.shape[2:] != (prediction.shape[2:])
+            or (structures.shape[2:] != prediction.shape[2:])
         ):
             raise ValueError(
                 f"task {self.spec.name!r}: dvh_score needs companion structure masks "
                 f"(B, S, *spatial) matching {tuple(prediction.shape)}, got "
-                f"{None if structures is None else tuple(structures.shape)}"
+                f"{tuple(structures.shape)}"
             )
         if structures.shape[1] != len(self.structure_names):
             raise ValueError(
