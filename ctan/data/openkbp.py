@@ -90,7 +90,10 @@ def read_sparse(path: Path, values: bool) -> tuple[np.ndarray, np.ndarray | None
     rows = body.count("\n") + 1 if body else 0
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        flat = np.fromstring(body.replace(",", " "), sep=" ") if rows else np.zeros(0)
+        try:
+            flat = np.fromstring(body.replace(",", " "), sep=" ") if rows else np.zeros(0)
+        except ValueError:
+            flat = np.zeros(0)
     if caught or flat.size not in ((2 * rows,) if values else (rows, 2 * rows)):
         raise ValueError(
             f"{path}: cannot parse {rows} rows as 'index,{'value' if values else ''}' "

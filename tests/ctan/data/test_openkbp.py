@@ -1,0 +1,128 @@
+"""OpenKBP reader: sparse CSV parsing, crop/resample, partial structures, round trip, bad input."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from datahelpers import KBP_TASKS, make_config, real_data, write_kbp_patient
+
+from ctan.data.dataset import CaseDataset, build_cases
+from ctan.data.openkbp import ORGANS, read_patient, read_sparse, to_native, write_dose_csv
+
+
+def kbp_config(root: Path, tmp: Path, dims: int = 2):
+    size = [32, 32] if dims == 2 else [16, 16, 16]
+    return make_config(
+        "openkbp",
+        root,
+        KBP_TASKS,
+        tmp / "cache",
+        spatial_dims=dims,
+        in_channels=4,
+        image_size=size,
+        widths=[8, 16],
+    )
+
+
+@pytest.fixture
+def provided(tmp_path: Path) -> Path:
+    root = tmp_path / "provided-data"
+    write_kbp_patient(root / "train-pats" / "pt_1", ORGANS + ("PTV70",))
+    write_kbp_patient(root / "train-pats" / "pt_2", ("Brainstem", "PTV56"))
+    write_kbp_patient(root / "test-pats" / "pt_3", (), dose=False)
+    return root
+
+
+def test_layout_lists_slices_with_partial_labels(provided: Path, tmp_path: Path) -> None:
+    cases = build_cases(kbp_config(provided, tmp_path))
+    patients = {c.group for c in cases}
+    assert patients == {"pt_1", "pt_2", "pt_3"}
+    first = next(c for c in cases if c.group == "pt_2")
+    assert first.available["organs"] == (True,) + (False,) * 6
+    assert next(c for c in cases if c.group == "pt_3").available["dose"] == (False,)
+    assert len([c for c in cases if c.group == "pt_1"]) == 14  # 10 slices + 2 margin each side
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_samples_follow_the_contract(provided: Path, tmp_path: Path, dims: int) -> None:
+    config = kbp_config(provided, tmp_path, dims)
+    cases = build_cases(config)
+    size = tuple(config.model.image_size)
+    sample = CaseDataset(cases, config, train=True)[len(cases) // 2]
+    assert sample["image"].shape == (4, *size)
+    assert sample["targets"]["dose"].shape == (1, *size)
+    assert sample["targets"]["organs"].shape == (7, *size)
+    assert sample["roi"]["dose"].shape == (1, *size)
+    assert sample["target_masks"]["organs"].shape == (7,)
+
+
+def test_to_native_restores_the_grid(provided: Path, tmp_path: Path) -> None:
+    config = kbp_config(provided, tmp_path, 3)
+    case = build_cases(config)[0]
+    arrays = CaseDataset([case], config, train=False).arrays(case)
+    native = to_native(arrays["possible_dose_mask"][0], case.meta["crop_box"])
+    truth = read_patient(provided / "train-pats" / "pt_1")["possible_dose_mask"]
+    assert native.shape == (128, 128, 128)
+    assert ((native > 0.5) == (truth > 0.5)).mean() > 0.999
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("index,value\n1,2\n", "header"),
+        (",data\n2097152,1.0\n", "outside"),
+        (",data\n1,x\n", "parse"),
+    ],
+)
+def test_bad_csv_names_the_file(tmp_path: Path, text: str, problem: str) -> None:
+    path = tmp_path / "dose.csv"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=problem) as info:
+        read_sparse(path, values=True)
+    assert "dose.csv" in str(info.value)
+
+
+def test_bad_patient_is_an_error_or_skipped(provided: Path, tmp_path: Path) -> None:
+    (provided / "train-pats" / "pt_2" / "possible_dose_mask.csv").write_text(",data\n-5,\n")
+    config = kbp_config(provided, tmp_path)
+    with pytest.raises(ValueError, match="possible_dose_mask.csv"):
+        build_cases(config)
+    cases = build_cases(config, skip_bad=True)
+    assert {c.group for c in cases} == {"pt_1", "pt_3"}
+    assert [b.name for b in cases.skipped] == ["pt_2"]
+
+
+def test_missing_folder_names_it(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="absent"):
+        build_cases(kbp_config(tmp_path / "absent", tmp_path))
+
+
+def test_real_patients_parse_fast_and_round_trip(tmp_path: Path) -> None:
+    root = real_data("openkbp", "train-pats")
+    patient = root / "pt_100"
+    start = time.perf_counter()
+    volumes = read_patient(patient)
+    assert time.perf_counter() - start < 2.0  # target 0.5 s; slack for loaded CI machines
+    assert volumes["ct"].max() <= 4095 and volumes["dose"].max() > 50
+    assert (volumes["dose"][volumes["possible_dose_mask"] == 0] == 0).all()
+    written = write_dose_csv(volumes["dose"], tmp_path / "pt_100.csv")
+    index, values = read_sparse(written, values=True)
+    back = np.zeros(128**3, np.float32)
+    back[index] = values
+    np.testing.assert_array_equal(back.reshape((128,) * 3), volumes["dose"])
+
+
+def test_real_patient_with_missing_structures(tmp_path: Path) -> None:
+    root = real_data("openkbp", "train-pats")
+    config = kbp_config(root.parent, tmp_path, 3)
+    cases = {c.group: c for c in build_cases(config)}
+    assert len(cases) == 36
+    sparse = cases["pt_143"]
+    assert not all(sparse.available["organs"])
+    sample = CaseDataset([sparse], config, train=False)[0]
+    off = [i for i, ok in enumerate(sparse.available["organs"]) if not ok]
+    assert sample["target_masks"]["organs"][off].sum() == 0
+    assert float(sample["targets"]["organs"][off].sum()) == 0.0
