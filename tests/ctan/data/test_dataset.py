@@ -1,0 +1,65 @@
+"""Registry, group-aware split and the cache: deterministic, no group in two splits."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from datahelpers import KBP_TASKS, make_config, write_kbp_patient
+
+from ctan.config import SplitConfig
+from ctan.data.base import Case
+from ctan.data.check import check_data
+from ctan.data.dataset import READERS, CaseDataset, build_cases, split_cases
+
+
+def cases(n: int) -> list[Case]:
+    return [Case(case_id=f"c{i}", group=f"g{i // 3}", site=None) for i in range(n)]
+
+
+def test_registry_holds_every_format() -> None:
+    assert set(READERS) == {"ham10000", "openkbp", "stoic", "manifest"}
+
+
+def test_split_is_deterministic_and_keeps_groups() -> None:
+    split = SplitConfig(validation=0.2, test=0.2)
+    first = split_cases(cases(60), split, seed=1)
+    assert first == split_cases(cases(60), split, seed=1)
+    groups = {name: {c.group for c in part} for name, part in first.items()}
+    assert not groups["train"] & groups["test"] and not groups["validation"] & groups["test"]
+    assert sum(len(p) for p in first.values()) == 60
+    assert 6 <= len(first["test"]) <= 18
+
+
+def test_empty_validation_names_the_numbers() -> None:
+    with pytest.raises(ValueError, match="2 cases in 1 groups"):
+        split_cases(cases(2), SplitConfig(validation=0.2, test=0.0), seed=0)
+
+
+def test_cache_makes_a_second_pass_fast_and_check_reports(tmp_path: Path) -> None:
+    root = tmp_path / "kbp"
+    for i in range(5):
+        write_kbp_patient(root / "train-pats" / f"pt_{i}", ("Brainstem",))
+    cfg = make_config("openkbp", root, KBP_TASKS, tmp_path / "cache", in_channels=4, widths=[8, 16])
+    listed = build_cases(cfg)
+    dataset = CaseDataset(listed, cfg, train=False)
+    start = time.perf_counter()
+    first = [dataset[i] for i in range(len(dataset))]
+    cold = time.perf_counter() - start
+    start = time.perf_counter()
+    second = [dataset[i] for i in range(len(dataset))]
+    warm = time.perf_counter() - start
+    assert warm < cold
+    assert all((a["image"] == b["image"]).all() for a, b in zip(first, second, strict=True))
+    assert list((tmp_path / "cache").rglob("settings.json"))
+    report = check_data(cfg)
+    assert report.ok and report.cases == len(listed) and report.groups == 5
+    assert report.labelled["organs[Brainstem]"] == len(listed)
+    assert "organs[SpinalCord]" in report.render()
+
+
+def test_check_reports_a_missing_folder(tmp_path: Path) -> None:
+    cfg = make_config("openkbp", tmp_path / "none", KBP_TASKS, tmp_path / "c", in_channels=4)
+    report = check_data(cfg)
+    assert not report.ok and "none" in report.render()
