@@ -102,6 +102,9 @@ class ModelConfig(_Section):
     norm_groups: int = Field(default=8, ge=1, description="groups of GroupNorm")
     act: Literal["relu", "leakyrelu", "gelu", "silu", "elu"] = "relu"
     attention_heads: int = Field(default=4, ge=1, description="heads of the CTAB attention")
+    attention_from_stage: int = Field(
+        default=1, ge=0, description="first encoder stage with task attention masks"
+    )
     head_hidden: int = Field(default=128, ge=1, description="hidden units of image-level heads")
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
 
@@ -142,6 +145,11 @@ class ModelConfig(_Section):
                     f"widths {bad_w} are not divisible by norm_groups {self.norm_groups}; "
                     "choose widths that are multiples of norm_groups, or another norm_groups"
                 )
+        if self.attention_from_stage >= len(self.widths):
+            raise ValueError(
+                f"attention_from_stage {self.attention_from_stage} must name an encoder stage: "
+                f"0 to {len(self.widths) - 1}"
+            )
         if self.arch == "ctan" and self.widths[-1] % self.attention_heads:
             raise ValueError(
                 f"the bottleneck width {self.widths[-1]} is not divisible by attention_heads "

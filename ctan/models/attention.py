@@ -46,15 +46,18 @@ class AttentionMask(nn.Module):
 class TaskMasks(nn.Module):
     """All stage masks of one task.
 
-    At stage ``s`` the mask sees the shared feature of that stage and the task's own attended
-    feature of stage ``s-1`` (pooled to stage ``s``); with ``cross_tasks > 0`` (CTAE) it also sees
-    the attended stage ``s-1`` features of the other ``cross_tasks`` tasks, so information flows
-    between task branches inside the encoder.
+    Stages before ``first_stage`` are not masked: the task uses the shared feature there, as
+    MTAN's ResNet variant leaves the stem shared; masking the full-resolution stage costs more
+    than it gives on a CPU. At the first masked stage the mask sees the shared feature; at later
+    stages ``s`` it also sees the task's own attended feature of stage ``s-1`` (pooled to stage
+    ``s``) and, with ``cross_tasks > 0`` (CTAE), the attended stage ``s-1`` features of the
+    other ``cross_tasks`` tasks, so information flows between task branches inside the encoder.
 
     Args:
         spatial_dims: 2 or 3.
         widths: encoder widths per stage.
         cross_tasks: number of other tasks whose features the masks see (0 = MTAN).
+        first_stage: first encoder stage that gets a mask.
         norm, act, norm_groups: as the encoder.
     """
 
@@ -63,17 +66,22 @@ class TaskMasks(nn.Module):
         spatial_dims: int,
         widths: list[int],
         cross_tasks: int,
+        first_stage: int,
         norm: str,
         act: str,
         norm_groups: int,
     ) -> None:
         super().__init__()
         self.spatial_dims = spatial_dims
-        masks = []
-        for stage, width in enumerate(widths):
-            extra = 0 if stage == 0 else widths[stage - 1] * (1 + cross_tasks)
-            masks.append(AttentionMask(spatial_dims, width + extra, width, norm, act, norm_groups))
-        self.masks = nn.ModuleList(masks)
+        self.first_stage = first_stage
+        masks = {}
+        for stage in range(first_stage, len(widths)):
+            extra = 0 if stage == first_stage else widths[stage - 1] * (1 + cross_tasks)
+            width = widths[stage]
+            masks[f"stage{stage}"] = AttentionMask(
+                spatial_dims, width + extra, width, norm, act, norm_groups
+            )
+        self.masks = nn.ModuleDict(masks)
 
     def attend(
         self, stage: int, shared: Tensor, own: Tensor | None, others: list[Tensor]
@@ -88,12 +96,14 @@ class TaskMasks(nn.Module):
             others: the other tasks' previous-stage attended features (CTAE), or ``[]``.
 
         Returns:
-            ``mask * shared``, shape of ``shared``.
+            ``mask * shared`` (``shared`` itself before ``first_stage``), shape of ``shared``.
         """
+        if stage < self.first_stage:
+            return shared
         inputs = [shared]
-        if own is not None:
+        if stage > self.first_stage:
             inputs += [downsample(f, self.spatial_dims) for f in [own, *others]]
-        return self.masks[stage](torch.cat(inputs, dim=1)) * shared
+        return self.masks[f"stage{stage}"](torch.cat(inputs, dim=1)) * shared
 
 
 class CrossTaskBottleneck(nn.Module):
