@@ -43,8 +43,8 @@ class AttentionMask(nn.Module):
         return torch.sigmoid(self.conv_out(self.norm(self.act(self.conv_in(x)))))
 
 
-class TaskMasks(nn.Module):
-    """All stage masks of one task.
+class TaskMasks(nn.ModuleDict):
+    """All stage masks of one task, keyed ``stage<s>``.
 
     Stages before ``first_stage`` are not masked: the task uses the shared feature there, as
     MTAN's ResNet variant leaves the stem shared; masking the full-resolution stage costs more
@@ -71,9 +71,6 @@ class TaskMasks(nn.Module):
         act: str,
         norm_groups: int,
     ) -> None:
-        super().__init__()
-        self.spatial_dims = spatial_dims
-        self.first_stage = first_stage
         masks = {}
         for stage in range(first_stage, len(widths)):
             extra = 0 if stage == first_stage else widths[stage - 1] * (1 + cross_tasks)
@@ -81,7 +78,9 @@ class TaskMasks(nn.Module):
             masks[f"stage{stage}"] = AttentionMask(
                 spatial_dims, width + extra, width, norm, act, norm_groups
             )
-        self.masks = nn.ModuleDict(masks)
+        super().__init__(masks)
+        self.spatial_dims = spatial_dims
+        self.first_stage = first_stage
 
     def attend(
         self, stage: int, shared: Tensor, own: Tensor | None, others: list[Tensor]
@@ -103,7 +102,7 @@ class TaskMasks(nn.Module):
         inputs = [shared]
         if stage > self.first_stage:
             inputs += [downsample(f, self.spatial_dims) for f in [own, *others]]
-        return self.masks[f"stage{stage}"](torch.cat(inputs, dim=1)) * shared
+        return self[f"stage{stage}"](torch.cat(inputs, dim=1)) * shared
 
 
 class CrossTaskBottleneck(nn.Module):

@@ -20,7 +20,7 @@ def test_task_masks_see_previous_stage_and_other_tasks(first_stage):
     widths = [8, 16, 32]
     masks = TaskMasks(3, widths, cross_tasks=2, first_stage=first_stage, norm="group", act="relu",
                       norm_groups=8)  # fmt: skip
-    assert list(masks.masks) == [f"stage{s}" for s in range(first_stage, 3)]
+    assert list(masks) == [f"stage{s}" for s in range(first_stage, 3)]
     shared = torch.randn(2, 16, 4, 4, 4)
     previous = [torch.randn(2, 8, 8, 8, 8) for _ in range(3)]
     out = masks.attend(1, shared, previous[0], previous[1:])
