@@ -12,12 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from ctan.data.phantoms import ham10000, openkbp
+from ctan.data.phantoms import ham10000, openkbp, stoic
 from ctan.data.phantoms._common import atomic_dir
 
 _WRITERS: dict[str, Callable[..., None]] = {
     "ham10000": ham10000.write,
     "openkbp": openkbp.write,
+    "stoic": stoic.write,
 }
 LAYOUTS: tuple[str, ...] = tuple(_WRITERS)
 
