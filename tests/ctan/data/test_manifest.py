@@ -72,11 +72,11 @@ def test_missing_image_and_bad_class_name_the_file(tmp_path: Path) -> None:
     root.mkdir()
     Image.new("RGB", (8, 8)).save(root / "a.png")
     (root / "manifest.csv").write_text("case_id,image,diagnosis\na,a.png,9\n")
-    with pytest.raises(ValueError, match="manifest.csv row 2"):
+    with pytest.raises(ValueError, match=r"manifest\.csv row 2"):
         build_cases(make_config("manifest", root, HAM_TASKS, tmp_path / "c"))
     (root / "manifest.csv").write_text("case_id,image,diagnosis\na,gone.png,1\n")
-    with pytest.raises(FileNotFoundError, match="gone.png"):
+    with pytest.raises(FileNotFoundError, match=r"gone\.png"):
         build_cases(make_config("manifest", root, HAM_TASKS, tmp_path / "c"))
     (root / "manifest.csv").write_text("id,path\n")
-    with pytest.raises(ValueError, match="manifest.csv"):
+    with pytest.raises(ValueError, match=r"manifest\.csv"):
         build_cases(make_config("manifest", root, HAM_TASKS, tmp_path / "c"))

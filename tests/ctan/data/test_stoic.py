@@ -52,7 +52,7 @@ def test_cases_headers_and_samples(tmp_path: Path, dims: int) -> None:
 def test_row_without_image_names_the_file(tmp_path: Path) -> None:
     root = write_stoic(tmp_path / "stoic")
     (root / "data" / "mha" / "2.mha").unlink()
-    with pytest.raises(FileNotFoundError, match="2.mha"):
+    with pytest.raises(FileNotFoundError, match=r"2\.mha"):
         build_cases(config(root, tmp_path))
     cases = build_cases(config(root, tmp_path), skip_bad=True)
     assert [b.name for b in cases.skipped] == ["2"]
@@ -61,12 +61,12 @@ def test_row_without_image_names_the_file(tmp_path: Path) -> None:
 def test_corrupt_mha_names_the_file(tmp_path: Path) -> None:
     root = write_stoic(tmp_path / "stoic")
     (root / "data" / "mha" / "3.mha").write_text("garbage")
-    with pytest.raises(ValueError, match="3.mha"):
+    with pytest.raises(ValueError, match=r"3\.mha"):
         build_cases(config(root, tmp_path))
 
 
 def test_wrong_header_names_the_file(tmp_path: Path) -> None:
     root = write_stoic(tmp_path / "stoic")
     (root / "metadata" / "reference.csv").write_text("id,covid\n1,1\n")
-    with pytest.raises(ValueError, match="reference.csv"):
+    with pytest.raises(ValueError, match=r"reference\.csv"):
         build_cases(config(root, tmp_path))
