@@ -171,3 +171,26 @@ def test_bad_arguments_are_refused(tmp_path: Path) -> None:
     (tmp_path / "full" / "keep.txt").write_text("x")
     with pytest.raises(FileExistsError, match="full"):
         write_phantoms("ham10000", tmp_path / "full", cases=4, sites=2, seed=0)
+
+
+def test_reader_lists_the_phantoms(ham: Path) -> None:
+    from ctan.config import Config
+    from ctan.data.dataset import make_reader
+    from ctan.data.reader import ListingProblems
+
+    config = Config.model_validate(
+        {
+            "model": {"arch": "hps", "spatial_dims": 2, "in_channels": 3, "image_size": [32, 32]},
+            "tasks": [
+                {"name": "lesion", "kind": "segmentation", "classes": 1},
+                {"name": "diagnosis", "kind": "classification", "classes": 7},
+            ],
+            "data": {"format": "ham10000", "root": str(ham)},
+        }
+    )
+    cases = make_reader(config).list_cases(ham, ListingProblems(skip_bad=False))
+    rows = {row["image_id"]: row for row in read_metadata(ham)}
+    assert sorted(case.case_id for case in cases) == sorted(rows)
+    assert all(case.site == rows[case.case_id]["dataset"] for case in cases)
+    masks = {p.name.removesuffix("_segmentation.png") for p in (ham / MASK_FOLDER).iterdir()}
+    assert {case.case_id for case in cases if case.has_label("lesion")} == masks

@@ -118,3 +118,20 @@ def test_organs_get_plausible_doses(kbp: Path) -> None:
         for organ, limit in (("SpinalCord", 50.0), ("Brainstem", 56.0)):
             if (folder / f"{organ}.csv").exists():
                 assert dose[read_volume(folder / f"{organ}.csv") > 0].max() < limit
+
+
+def test_reader_lists_the_phantoms(kbp: Path) -> None:
+    from ctan.config import Config
+    from ctan.data.dataset import make_reader
+    from ctan.data.reader import ListingProblems
+
+    config = Config.model_validate(
+        {
+            "model": {"arch": "hps", "spatial_dims": 3, "in_channels": 1, "image_size": [32] * 3},
+            "tasks": [{"name": "dose", "kind": "regression", "classes": 1}],
+            "data": {"format": "openkbp", "root": str(kbp)},
+        }
+    )
+    cases = make_reader(config).list_cases(kbp, ListingProblems(skip_bad=False))
+    assert sorted(case.case_id for case in cases) == ["pt_1", "pt_2", "pt_3", "pt_4"]
+    assert all(case.has_label("dose") for case in cases)

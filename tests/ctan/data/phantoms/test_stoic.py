@@ -104,3 +104,20 @@ def test_covid_opacity_geometry_decoys_and_severity(chest: Path) -> None:
     assert (volume_[covid_ == 0] > positives_low).mean() > 0.25, "negatives carry decoys"
     positive = covid_ == 1
     assert _auc(volume_[positive], severe_[positive]) > 0.65, "extent predicts severity"
+
+
+def test_reader_lists_the_phantoms(chest: Path) -> None:
+    from ctan.config import Config
+    from ctan.data.dataset import make_reader
+    from ctan.data.reader import ListingProblems
+
+    config = Config.model_validate(
+        {
+            "model": {"arch": "hps", "spatial_dims": 3, "in_channels": 1, "image_size": [32] * 3},
+            "tasks": [{"name": "covid", "kind": "classification", "classes": 2}],
+            "data": {"format": "stoic", "root": str(chest)},
+        }
+    )
+    cases = make_reader(config).list_cases(chest, ListingProblems(skip_bad=False))
+    reference = {row["PatientID"]: int(row["probCOVID"]) for row in read_reference(chest)}
+    assert {case.case_id: case.labels["covid"] for case in cases} == reference
