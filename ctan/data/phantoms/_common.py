@@ -13,10 +13,10 @@ import numpy as np
 
 
 def case_rng(seed: int, stream: int, index: int) -> np.random.Generator:
-    """A generator for one case, independent of how many other cases are written.
+    """A generator for one case, seeded by ``(seed, stream, index)``.
 
-    Seeding by ``(seed, stream, index)`` keeps case ``index`` identical whether 10 or 1000 cases
-    are written, so small test sets are prefixes of large ones.
+    Each case draws from its own stream, so a change to how one case is drawn does not shift the
+    random numbers of the others.
     """
     return np.random.default_rng([seed, stream, index])
 
