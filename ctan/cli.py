@@ -7,6 +7,7 @@ Each command group lives beside the code it drives and registers itself here wit
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -44,6 +45,98 @@ def _register_models(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_run_models)
 
 
+def _run_train(args: argparse.Namespace) -> int:
+    from ctan.config import load_config
+    from ctan.training import train_centralised
+
+    config = load_config(args.config)
+    if args.epochs is not None:
+        config = config.model_copy(
+            update={"train": config.train.model_copy(update={"epochs": args.epochs})}
+        )
+    result = train_centralised(config, folder=args.out, show_progress=not args.no_progress)
+    print(f"run folder: {result.folder}")
+    print(f"best checkpoint: {result.best_checkpoint}")
+    if result.test is not None:
+        print(f"test metrics: {result.test.metrics}")
+    return 0
+
+
+def _register_train(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train a model centrally on the data of a config",
+        description=(
+            "Train the config's architecture on its data (split by data.split), keep the "
+            "checkpoint with the lowest validation loss and score it on the test split. The run "
+            "folder gets config.yaml, best.pt, last.pt, metrics.csv/jsonl, TensorBoard events, "
+            "learning_curves.png and test_metrics.json."
+        ),
+    )
+    parser.add_argument("--config", type=Path, required=True, help="experiment YAML")
+    parser.add_argument(
+        "--out", type=Path, help="run folder (default: under experiment.output_dir)"
+    )
+    parser.add_argument("--epochs", type=int, help="override train.epochs")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(handler=_run_train)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from ctan.prediction import evaluate_checkpoint
+
+    scores = evaluate_checkpoint(args.checkpoint, data_config=args.data, split=args.split)
+    print(json.dumps(scores, indent=2))
+    return 0
+
+
+def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="score a checkpoint on a data split",
+        description=(
+            "Score a checkpoint with its tasks' metrics on a split of the data of its own config, "
+            "or of the data section of another config (--data). Prints JSON."
+        ),
+    )
+    parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint (.pt)")
+    parser.add_argument(
+        "--data", type=Path, help="YAML whose data section to use (default: the checkpoint's)"
+    )
+    parser.add_argument(
+        "--split",
+        choices=["train", "validation", "test", "all"],
+        default="test",
+        help="which split (default: test)",
+    )
+    parser.set_defaults(handler=_run_evaluate)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from ctan.prediction import predict_to_folder
+
+    written = predict_to_folder(args.checkpoint, args.input, args.out)
+    print(f"wrote {len(written)} files to {args.out}")
+    return 0
+
+
+def _register_predict(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "predict",
+        help="run a checkpoint on new images",
+        description=(
+            "Run a checkpoint on an image file or a folder of images (PNG/JPEG, NIfTI, MHA) or, "
+            "for OpenKBP models, a provided-data folder or patient folder. Writes segmentation "
+            "masks (PNG for 2D, NIfTI for 3D), dose in the OpenKBP submission CSV format and "
+            "class probabilities in predictions.csv."
+        ),
+    )
+    parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint (.pt)")
+    parser.add_argument("--input", type=Path, required=True, help="image file or folder")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
+    parser.set_defaults(handler=_run_predict)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand registered."""
     parser = argparse.ArgumentParser(
@@ -54,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _register_models(subparsers)
+    _register_train(subparsers)
+    _register_evaluate(subparsers)
+    _register_predict(subparsers)
     data_cli.register(subparsers)
     return parser
 

@@ -51,6 +51,8 @@ METRICS: dict[str, MetricInfo] = {
     "severity_auc": MetricInfo(("classification",), True),
 }
 
+COMPANION_METRICS: tuple[str, ...] = ("severity_auc", "dvh_score")
+
 DEFAULT_METRICS: dict[str, list[str]] = {
     "segmentation": ["dice"],
     "regression": ["mae"],
@@ -71,6 +73,9 @@ class TaskSpec(BaseModel):
             single channel and for regression.
         metrics: metric names, the primary one first (defaults depend on ``kind``).
         label: the data field this task is trained on; defaults to ``name``.
+        companion: the label key a metric needs besides the task's own: the COVID label whose
+            positive cases ``severity_auc`` is restricted to, or the structure masks of
+            ``dvh_score``. Required by those metrics.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -81,6 +86,7 @@ class TaskSpec(BaseModel):
     exclusive: bool | None = None
     metrics: list[str] = Field(default_factory=list)
     label: str | None = None
+    companion: str | None = None
 
     @field_validator("name")
     @classmethod
@@ -113,6 +119,12 @@ class TaskSpec(BaseModel):
                 raise ValueError(
                     f"metric {metric!r} does not apply to a {self.kind} task; allowed: {allowed}"
                 )
+        needs = [m for m in metrics if m in COMPANION_METRICS]
+        if needs and self.companion is None:
+            raise ValueError(
+                f"metrics {needs} need a companion label (the COVID label for severity_auc, the "
+                "structure masks for dvh_score); set companion: <label key>"
+            )
         if len(set(metrics)) != len(metrics):
             raise ValueError(f"metrics {metrics} lists a metric twice")
         object.__setattr__(self, "metrics", metrics)

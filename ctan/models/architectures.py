@@ -121,9 +121,14 @@ class MultiTaskAttentionNet(HardParameterSharing):
         c = self.config
         module = nn.Module()
         module.masks = TaskMasks(
-            c.spatial_dims, c.widths, other_tasks, c.attention_from_stage, c.norm, c.act,
+            c.spatial_dims,
+            c.widths,
+            other_tasks,
+            c.attention_from_stage,
+            c.norm,
+            c.act,
             c.norm_groups,
-        )  # fmt: skip
+        )
         return module
 
     def task_features(self, x: Tensor) -> dict[str, list[Tensor]]:

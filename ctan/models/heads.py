@@ -77,9 +77,13 @@ class ImageHead(nn.Module):
 
 def _pixel_head(config: ModelConfig, task: TaskSpec) -> nn.Module:
     return PixelDecoder(
-        config.spatial_dims, config.widths, task.classes, config.norm, config.act,
+        config.spatial_dims,
+        config.widths,
+        task.classes,
+        config.norm,
+        config.act,
         config.norm_groups,
-    )  # fmt: skip
+    )
 
 
 def _image_head(config: ModelConfig, task: TaskSpec) -> nn.Module:

@@ -7,13 +7,18 @@ import yaml
 from ctan.cli import main
 
 CONFIG = {
-    "model": {"arch": "ctan", "spatial_dims": 2, "in_channels": 3, "image_size": [32, 32],
-              "widths": [8, 16, 32]},
+    "model": {
+        "arch": "ctan",
+        "spatial_dims": 2,
+        "in_channels": 3,
+        "image_size": [32, 32],
+        "widths": [8, 16, 32],
+    },
     "tasks": [
         {"name": "lesion", "kind": "segmentation", "classes": 1},
         {"name": "diagnosis", "kind": "classification", "classes": 7},
     ],
-}  # fmt: skip
+}
 
 
 def test_models_prints_groups_macs_and_shapes(tmp_path: Path, capsys):

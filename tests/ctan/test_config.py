@@ -53,19 +53,32 @@ def test_design_example_config_loads(tmp_path: Path):
             "root": "../data/ham",
             "split": {"validation": 0.2, "test": 0.2, "by": "lesion_id"},
         },
-        "train": {"epochs": 10, "batch_size": 32, "optimizer": "adam", "lr": 1.0e-3,
-                  "weighting": "equal", "device": "auto"},
+        "train": {
+            "epochs": 10,
+            "batch_size": 32,
+            "optimizer": "adam",
+            "lr": 1.0e-3,
+            "weighting": "equal",
+            "device": "auto",
+        },
         "federation": {
-            "id": "derm-demo", "rounds": 20, "local_epochs": 1, "strategy": "fedavg",
-            "min_sites": 2, "heads": "local",
+            "id": "derm-demo",
+            "rounds": 20,
+            "local_epochs": 1,
+            "strategy": "fedavg",
+            "min_sites": 2,
+            "heads": "local",
             "sites": [
                 {"name": "vidir_modern", "tasks": ["lesion", "diagnosis"]},
                 {"name": "rosendahl", "tasks": ["lesion"]},
-                {"name": "vidir_molemax", "tasks": ["lesion", "diagnosis"],
-                 "privacy": {"target_epsilon": 8.0}},
+                {
+                    "name": "vidir_molemax",
+                    "tasks": ["lesion", "diagnosis"],
+                    "privacy": {"target_epsilon": 8.0},
+                },
             ],
         },
-    }  # fmt: skip
+    }
     folder = tmp_path / "configs"
     folder.mkdir()
     path = folder / "derm.yaml"

@@ -161,7 +161,13 @@ def test_dvh_score_masks_prediction_and_averages_errors() -> None:
 
 
 def test_dvh_accumulator_pools_errors_over_patients() -> None:
-    spec = TaskSpec(name="dose", kind="regression", classes=1, metrics=["dose_score", "dvh_score"])
+    spec = TaskSpec(
+        name="dose",
+        kind="regression",
+        classes=1,
+        metrics=["dose_score", "dvh_score"],
+        companion="structures",
+    )
     metrics = TaskMetrics(spec, structure_names=["Brainstem", "PTV70"])
     reference = torch.arange(1.0, 11.0).reshape(1, 1, 2, 5).repeat(2, 1, 1, 1)
     prediction = reference.clone()
@@ -191,7 +197,13 @@ def test_severity_auc_restricted_to_covid_positive() -> None:
     assert severity_auc(scores, severe, covid) == pytest.approx(1.0)
     assert auc_score(scores, severe) < 1.0
 
-    spec = TaskSpec(name="severity", kind="classification", classes=1, metrics=["severity_auc"])
+    spec = TaskSpec(
+        name="severity",
+        kind="classification",
+        classes=1,
+        metrics=["severity_auc"],
+        companion="covid",
+    )
     suite = MetricSuite([spec], companions={"severity": "covid"})
     logits = torch.logit(torch.tensor(scores, dtype=torch.float32)).unsqueeze(1)
     batch = {
@@ -207,7 +219,13 @@ def test_severity_auc_restricted_to_covid_positive() -> None:
 
 
 def test_suite_requires_companion_where_a_metric_needs_one() -> None:
-    spec = TaskSpec(name="severity", kind="classification", classes=1, metrics=["severity_auc"])
+    spec = TaskSpec(
+        name="severity",
+        kind="classification",
+        classes=1,
+        metrics=["severity_auc"],
+        companion="covid",
+    )
     with pytest.raises(ValueError, match="companion"):
         MetricSuite([spec])
     with pytest.raises(ValueError, match="unknown tasks"):
@@ -237,7 +255,13 @@ def test_suite_over_two_tasks_3d() -> None:
 def test_delta_m_signs_and_errors() -> None:
     tasks = [
         TaskSpec(name="seg", kind="segmentation", classes=1),
-        TaskSpec(name="dose", kind="regression", classes=1, metrics=["mae", "dvh_score"]),
+        TaskSpec(
+            name="dose",
+            kind="regression",
+            classes=1,
+            metrics=["mae", "dvh_score"],
+            companion="structures",
+        ),
     ]
     stl = {"seg": {"dice": 0.8}, "dose": {"mae": 2.5, "dvh_score": 4.0}}
     results = {"seg": {"dice": 0.9}, "dose": {"mae": 2.0, "dvh_score": 5.0}}

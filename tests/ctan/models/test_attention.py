@@ -18,8 +18,9 @@ def test_mask_shape_and_range():
 @pytest.mark.parametrize("first_stage", [0, 1])
 def test_task_masks_see_previous_stage_and_other_tasks(first_stage):
     widths = [8, 16, 32]
-    masks = TaskMasks(3, widths, cross_tasks=2, first_stage=first_stage, norm="group", act="relu",
-                      norm_groups=8)  # fmt: skip
+    masks = TaskMasks(
+        3, widths, cross_tasks=2, first_stage=first_stage, norm="group", act="relu", norm_groups=8
+    )
     assert list(masks) == [f"stage{s}" for s in range(first_stage, 3)]
     shared = torch.randn(2, 16, 4, 4, 4)
     previous = [torch.randn(2, 8, 8, 8, 8) for _ in range(3)]

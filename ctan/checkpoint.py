@@ -1,0 +1,156 @@
+"""Checkpoints: weights with everything needed to trust and reuse them, in one file.
+
+A checkpoint holds the model's ``state_dict``, the whole validated config, the task specs,
+metrics, the model fingerprint (:meth:`ctan.config.ModelConfig.fingerprint`) and the code
+version. It is written atomically: a crash never leaves a half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ctan import __version__
+from ctan.config import Config, load_config
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint.
+
+    Attributes:
+        config: the config the weights were trained with.
+        state_dict: the model weights (unwrapped keys).
+        metrics: whatever metrics were saved with it.
+        extra: other saved state (epoch, optimiser, round).
+        code_version: ``ctan.__version__`` of the writer.
+        created: ISO timestamp of writing.
+    """
+
+    config: Config
+    state_dict: dict[str, torch.Tensor]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    code_version: str = ""
+    created: str = ""
+
+    def build_model(self) -> nn.Module:
+        """The model of this checkpoint with its weights loaded (on the CPU, eval mode)."""
+        from ctan.models import build_model
+
+        model = build_model(self.config)
+        model.load_state_dict(self.state_dict)
+        return model.eval()
+
+
+def atomic_write_bytes(path: Path, write: Any) -> Path:
+    """Call ``write(file)`` on a temporary file beside ``path``, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_checkpoint(
+    path: Path,
+    model: nn.Module,
+    config: Config,
+    metrics: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``model``'s weights with ``config`` and ``metrics`` to ``path`` atomically."""
+    unwrapped = getattr(model, "_module", model)
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "code_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": config.model_dump(mode="json"),
+        "fingerprint": config.model.fingerprint(config.tasks),
+        "state_dict": {k: v.detach().cpu() for k, v in unwrapped.state_dict().items()},
+        "metrics": dict(metrics or {}),
+        "extra": dict(extra or {}),
+    }
+    return atomic_write_bytes(Path(path), lambda file: torch.save(payload, file))
+
+
+def load_checkpoint(path: Path, config: Config | None = None) -> Checkpoint:
+    """Read a checkpoint, optionally checking that it fits ``config``.
+
+    Args:
+        path: the checkpoint file.
+        config: when given, the checkpoint's architecture, model settings and tasks must match
+            it (so its weights mean what the config says).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file is not a checkpoint of this project, or it does not match
+            ``config`` (the message names each difference).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"checkpoint {str(path)!r} cannot be read: {err}") from err
+    if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{str(path)!r} is not a checkpoint of this project (format {FORMAT_VERSION})"
+        )
+    saved = load_config(payload["config"])
+    if config is not None:
+        problems = checkpoint_mismatch(saved, config)
+        if problems:
+            raise ValueError(
+                f"checkpoint {str(path)!r} does not match the config: " + "; ".join(problems)
+            )
+    return Checkpoint(
+        config=saved,
+        state_dict=payload["state_dict"],
+        metrics=payload.get("metrics", {}),
+        extra=payload.get("extra", {}),
+        code_version=payload.get("code_version", ""),
+        created=payload.get("created", ""),
+    )
+
+
+def checkpoint_mismatch(saved: Config, config: Config) -> list[str]:
+    """Differences between the model and tasks of two configs, one message each."""
+    problems = []
+    if saved.model.arch != config.model.arch:
+        problems.append(
+            f"architecture is {saved.model.arch!r} in the checkpoint but {config.model.arch!r} "
+            "in the config"
+        )
+    saved_model = saved.model.model_dump()
+    for key, value in config.model.model_dump().items():
+        if key != "arch" and saved_model.get(key) != value:
+            found = saved_model.get(key)
+            problems.append(f"model.{key} is {found!r} in the checkpoint, {value!r} in the config")
+    saved_tasks = [(t.name, t.kind, t.classes, t.exclusive) for t in saved.tasks]
+    tasks = [(t.name, t.kind, t.classes, t.exclusive) for t in config.tasks]
+    if saved_tasks != tasks:
+        problems.append(
+            f"tasks (name, kind, classes, exclusive) are {saved_tasks} in the checkpoint but "
+            f"{tasks} in the config"
+        )
+    return problems

@@ -1,0 +1,214 @@
+"""Centralised training runs: data, model and :class:`ctan.engine.TaskTrainer` put together.
+
+A run folder holds ``config.yaml``, ``best.pt`` and ``last.pt`` checkpoints, ``metrics.csv``
+and ``metrics.jsonl`` per epoch, TensorBoard events, ``learning_curves.png`` and the held-out
+test scores in ``test_metrics.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ctan.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from ctan.config import Config
+from ctan.data.base import Case
+from ctan.engine import Evaluation, TaskTrainer, derive_seed, make_loader, seed_everything
+from ctan.models import build_model
+from ctan.report import RunLog, plot_learning_curves
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass
+class RunResult:
+    """What a centralised run produced.
+
+    Attributes:
+        folder: the run folder.
+        best_checkpoint: the checkpoint with the lowest validation loss.
+        test: scores of that checkpoint on the test split (``None`` without a test split).
+        validation: its validation scores.
+        epoch_seconds: wall time of each training epoch.
+    """
+
+    folder: Path
+    best_checkpoint: Path
+    test: Evaluation | None
+    validation: Evaluation
+    epoch_seconds: list[float]
+
+
+def companions(config: Config) -> dict[str, str]:
+    """Companion label keys by task name, for metrics that need them."""
+    return {t.name: t.companion for t in config.tasks if t.companion is not None}
+
+
+def prepare_splits(config: Config) -> dict[str, list[Case]]:
+    """Read the data of ``config`` and split it into train, validation and test.
+
+    Raises:
+        ValueError: the config has no data section, a task has no labels anywhere in the data,
+            or a split is empty.
+    """
+    from ctan.data.dataset import build_cases, split_cases
+
+    if config.data is None:
+        raise ValueError("the config has no data section; add data: {format: ..., root: ...}")
+    cases = build_cases(config)
+    unlabelled = [t.name for t in config.tasks if not any(c.has_label(t.label) for c in cases)]
+    if unlabelled:
+        raise ValueError(
+            f"tasks {unlabelled} have no labels anywhere in the {config.data.format} data at "
+            f"{config.data.root} ({len(cases)} cases); remove them or point data.root at "
+            "labelled data"
+        )
+    seed = config.data.split.seed if config.data.split.seed is not None else config.experiment.seed
+    return split_cases(cases, config.data.split, seed)
+
+
+def new_run_folder(config: Config) -> Path:
+    """``<output_dir>/<name>-<UTC time>``, unique."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    base = config.experiment.output_dir / f"{config.experiment.name}-{stamp}"
+    folder, index = base, 1
+    while folder.exists():
+        folder, index = base.with_name(f"{base.name}-{index}"), index + 1
+    folder.mkdir(parents=True)
+    return folder
+
+
+def train_centralised(
+    config: Config,
+    folder: Path | None = None,
+    splits: dict[str, list[Case]] | None = None,
+    show_progress: bool = False,
+    tensorboard: bool = True,
+) -> RunResult:
+    """Train ``config.model`` on ``config.data`` for ``train.epochs`` epochs.
+
+    After each epoch the validation split is scored; the checkpoint with the lowest mean
+    validation task loss is kept as ``best.pt`` and scored on the test split at the end.
+
+    Args:
+        config: the experiment.
+        folder: the run folder (default: a new one under ``experiment.output_dir``).
+        splits: precomputed case splits (default: :func:`prepare_splits`).
+        show_progress: draw progress bars.
+        tensorboard: write TensorBoard events.
+
+    Raises:
+        ValueError: bad data (see :func:`prepare_splits`) or an empty validation split.
+    """
+    from ctan.data.dataset import CaseDataset
+
+    splits = splits or prepare_splits(config)
+    if not splits.get("validation"):
+        raise ValueError(
+            "the validation split is empty; set data.split.validation above 0 so that the best "
+            "epoch can be chosen"
+        )
+    folder = Path(folder) if folder is not None else new_run_folder(config)
+    folder.mkdir(parents=True, exist_ok=True)
+    config_text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    atomic_write_bytes(folder / "config.yaml", lambda f: f.write(config_text.encode()))
+    seed = config.experiment.seed
+    seed_everything(seed)
+    train_cfg = config.train
+    loaders = {
+        split: make_loader(
+            CaseDataset(cases, config, train=split == "train"),
+            train_cfg.batch_size,
+            shuffle=split == "train",
+            seed=derive_seed(seed, "loader", split),
+            num_workers=train_cfg.num_workers,
+        )
+        for split, cases in splits.items()
+        if cases
+    }
+    trainer = TaskTrainer(
+        build_model(config),
+        config.tasks,
+        train_cfg,
+        companions=companions(config),
+        show_progress=show_progress,
+    )
+    log = RunLog(folder, tensorboard=tensorboard)
+    best_loss, epoch_seconds = math.inf, []
+    best_path, last_path = folder / "best.pt", folder / "last.pt"
+    logger.info(
+        "training %s on %s: %s",
+        config.model.arch,
+        trainer.device,
+        {s: len(c) for s, c in splits.items()},
+    )
+    try:
+        for epoch in range(1, train_cfg.epochs + 1):
+            epoch_log = trainer.train_epoch(loaders["train"])
+            epoch_seconds.append(epoch_log.seconds)
+            validation = trainer.evaluate(loaders["validation"])
+            train_scalars = {f"{t}/loss": v for t, v in epoch_log.losses.items()}
+            train_scalars |= {f"{t}/weight": v for t, v in epoch_log.weights.items()}
+            log.log(epoch, "train", train_scalars, seconds=epoch_log.seconds)
+            log.log(epoch, "validation", validation.flat())
+            score = _mean_finite(validation.losses.values())
+            metrics = {"epoch": epoch, "validation": validation.metrics}
+            save_checkpoint(last_path, trainer.model, config, metrics, {"epoch": epoch})
+            if score < best_loss:
+                best_loss = score
+                save_checkpoint(best_path, trainer.model, config, metrics, {"epoch": epoch})
+            logger.info(
+                "epoch %d/%d %.1fs train loss %s validation %s",
+                epoch,
+                train_cfg.epochs,
+                epoch_log.seconds,
+                _short(epoch_log.losses),
+                _short(validation.metrics),
+            )
+        best = load_checkpoint(best_path)
+        trainer.model.load_state_dict(best.state_dict)
+        validation = trainer.evaluate(loaders["validation"])
+        test = trainer.evaluate(loaders["test"]) if "test" in loaders else None
+        if test is not None:
+            log.log(int(best.extra["epoch"]), "test", test.flat())
+    finally:
+        log.close()
+    summary = {
+        "best_epoch": best.extra["epoch"],
+        "validation": validation.metrics,
+        "test": test.metrics if test is not None else None,
+        "test_labelled": test.labelled if test is not None else None,
+        "epoch_seconds": epoch_seconds,
+    }
+    text = json.dumps(summary, indent=2)
+    atomic_write_bytes(folder / "test_metrics.json", lambda f: f.write(text.encode()))
+    plot_learning_curves(
+        log.csv_path,
+        folder / "learning_curves.png",
+        [t.name for t in config.tasks],
+        {t.name: t.primary_metric for t in config.tasks},
+    )
+    return RunResult(folder, best_path, test, validation, epoch_seconds)
+
+
+def _mean_finite(values: Any) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else math.inf
+
+
+def _short(values: dict[str, Any]) -> str:
+    def fmt(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: fmt(x) for k, x in v.items()}
+        return round(v, 4) if isinstance(v, float) else v
+
+    return json.dumps(fmt(values))
