@@ -4,11 +4,15 @@ Layout (``provided-data`` of the OpenKBP challenge, also accepted: a folder of `
 
     root/{train-pats,validation-pats,test-pats}/pt_N/
         ct.csv  dose.csv  possible_dose_mask.csv  voxel_dimensions.csv  <Structure>.csv ...
+    root/sites.csv    optional, case_id,site (case_id = pt_N); not in the real release
 
 Every CSV but ``voxel_dimensions.csv`` is sparse: a ``,data`` header, then ``index,value`` rows
 (masks: ``index,`` with an empty value); indices point into a flattened 128x128x128 C-order
 array whose axis 2 is the slice axis. A structure file exists only where it was contoured, so
-``organs`` has per-channel availability; test patients have no ``dose.csv``.
+``organs`` has per-channel availability; test patients have no ``dose.csv``. The real release has
+no site column: ``Case.site`` comes from ``sites.csv`` where it exists (the phantom generator
+writes one) and is ``None`` otherwise and for patients it does not list (see
+:func:`~ctan.data.reader.read_sites`).
 
 Preprocessing crops a box around the possible-dose mask (square in-plane, 2 voxels margin) and
 resamples it to ``model.image_size``: a volume ``(D, H, W)`` along axes 0, 1, 2 in 3D, or in 2D
@@ -32,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from ctan.data.base import Case
-from ctan.data.reader import FormatReader, LabelInfo, ListingProblems
+from ctan.data.reader import FormatReader, LabelInfo, ListingProblems, read_sites
 from ctan.data.transforms import resize_labels, resize_values
 
 __all__ = [
@@ -248,15 +252,17 @@ class OpenKBPReader(FormatReader):
         return sorted(found, key=lambda item: (item[0].name.split("_")[-1].zfill(8), item[0]))
 
     def list_cases(self, root: Path, problems: ListingProblems) -> list[Case]:
+        patients = self._patients(root)
+        sites = read_sites(root, [folder.name for folder, _ in patients])
         cases: list[Case] = []
-        for folder, subset in self._patients(root):
+        for folder, subset in patients:
             try:
-                cases.extend(self._patient_cases(folder, subset))
+                cases.extend(self._patient_cases(folder, subset, sites.get(folder.name)))
             except (ValueError, FileNotFoundError) as err:
                 problems.bad(folder.name, err)
         return cases
 
-    def _patient_cases(self, folder: Path, subset: str | None) -> list[Case]:
+    def _patient_cases(self, folder: Path, subset: str | None, site: str | None) -> list[Case]:
         for name in REQUIRED:
             if not (folder / name).is_file():
                 raise FileNotFoundError(f"{folder / name}: required OpenKBP file is missing")
@@ -266,7 +272,7 @@ class OpenKBPReader(FormatReader):
         has_dose = "dose" in files
         base = {
             "group": folder.name,
-            "site": None,
+            "site": site,
             "files": files,
             "available": {"dose": (has_dose,), "organs": tuple(o in files for o in ORGANS)},
         }

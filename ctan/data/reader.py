@@ -7,9 +7,10 @@ can serve several simulated sites.
 
 from __future__ import annotations
 
+import csv
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -19,9 +20,20 @@ import numpy as np
 from ctan.config import Config
 from ctan.data.base import Case
 
-__all__ = ["BadCase", "CaseList", "FormatReader", "LabelInfo", "ListingProblems"]
+__all__ = [
+    "SITES_FILE",
+    "BadCase",
+    "CaseList",
+    "FormatReader",
+    "LabelInfo",
+    "ListingProblems",
+    "read_sites",
+]
 
 log = logging.getLogger(__name__)
+
+#: optional ``case_id,site`` file at the root of layouts whose real release has no site column
+SITES_FILE = "sites.csv"
 
 
 @dataclass(frozen=True)
@@ -71,6 +83,56 @@ class ListingProblems:
             raise error
         log.warning("skipping bad case %s: %s", name, error)
         self.skipped.append(BadCase(name, str(error)))
+
+
+def read_sites(root: Path, known: Collection[str]) -> dict[str, str]:
+    """Sites by case id from the optional ``root/sites.csv`` (header ``case_id,site``).
+
+    The real OpenKBP and STOIC2021 layouts have no site column; the phantom generators write this
+    file beside them so cases get a site for the natural split.
+
+    Args:
+        root: the data root.
+        known: the case ids of the layout; rows naming other ids are logged as a warning and
+            ignored.
+
+    Returns:
+        ``{case_id: site}`` for the known ids listed; empty when the file is absent.
+
+    Raises:
+        ValueError: the file cannot be decoded, its header is not ``case_id,site``, a row does
+            not hold two non-empty fields, or a case id is listed twice; the file is named.
+    """
+    path = root / SITES_FILE
+    if not path.is_file():
+        return {}
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            rows = [[field.strip() for field in row] for row in csv.reader(handle)]
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text ({err.reason})") from None
+    header = rows[0] if rows else []
+    if header != ["case_id", "site"]:
+        raise ValueError(f"{path}: header is {','.join(header)!r}, expected 'case_id,site'")
+    sites: dict[str, str] = {}
+    for line, row in enumerate(rows[1:], start=2):
+        if not any(row):
+            continue
+        if len(row) != 2 or not all(row):
+            raise ValueError(f"{path}: row {line} is {','.join(row)!r}, expected 'case_id,site'")
+        if row[0] in sites:
+            raise ValueError(f"{path}: row {line} lists case {row[0]!r} a second time")
+        sites[row[0]] = row[1]
+    known = set(known)
+    unknown = sorted(set(sites) - known)
+    if unknown:
+        log.warning(
+            "%s names %d cases that are not in the data (ignored): %s",
+            path,
+            len(unknown),
+            ", ".join(unknown[:10]),
+        )
+    return {case_id: site for case_id, site in sites.items() if case_id in known}
 
 
 class FormatReader(ABC):

@@ -4,12 +4,17 @@ Layout::
 
     root/data/mha/<PatientID>.mha
     root/metadata/reference.csv      PatientID,probCOVID,probSevere
+    root/sites.csv                   optional, case_id,site (case_id = PatientID)
 
 ``PatientAge`` (``"065Y"``) and ``PatientSex`` are read from each MHA header at listing time
 (cheap: header only, which also finds unreadable files early). Images are read with SimpleITK
 directly (MONAI's ``ITKReader`` needs the ``itk`` package, which we do not depend on), clipped to
 -1100..300 HU, scaled to [0, 1] and resampled to ``model.image_size``: the whole volume
 ``(D, H, W)`` along (z, y, x) in 3D, or the middle axial slice ``(H, W)`` in 2D.
+
+The real release has no site column: ``Case.site`` comes from ``sites.csv`` where it exists (the
+phantom generator writes one) and is ``None`` otherwise and for patients it does not list (see
+:func:`~ctan.data.reader.read_sites`).
 
 Label keys: ``covid`` and ``severe``, class indices 0/1. Severity is only meaningful for
 COVID-positive cases but is labelled for every case, as in the challenge; the sample's
@@ -27,7 +32,7 @@ import SimpleITK as sitk
 
 from ctan.data.base import Case
 from ctan.data.imageio import read_sitk
-from ctan.data.reader import FormatReader, LabelInfo, ListingProblems
+from ctan.data.reader import FormatReader, LabelInfo, ListingProblems, read_sites
 from ctan.data.transforms import resize_values, scale_range
 
 __all__ = ["HU_WINDOW", "StoicReader", "read_header"]
@@ -108,6 +113,7 @@ class StoicReader(FormatReader):
                 (line, {k.strip(): (v or "").strip() for k, v in row.items() if k})
                 for line, row in enumerate(reader, start=2)
             ]
+        sites = read_sites(root, [row["PatientID"] for _, row in rows])
         cases = []
         for line, row in rows:
             patient = row["PatientID"]
@@ -127,7 +133,7 @@ class StoicReader(FormatReader):
                 Case(
                     case_id=patient,
                     group=patient,
-                    site=None,
+                    site=sites.get(patient),
                     files={"image": path},
                     labels={"covid": covid, "severe": severe},
                     available={"covid": True, "severe": True},

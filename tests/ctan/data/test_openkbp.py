@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from datahelpers import KBP_TASKS, make_config, real_data, write_kbp_patient
 
 from ctan.data.dataset import CaseDataset, build_cases
 from ctan.data.openkbp import ORGANS, read_patient, read_sparse, to_native, write_dose_csv
+from ctan.data.phantoms import write_phantoms
 
 
 def kbp_config(root: Path, tmp: Path, dims: int = 2):
@@ -98,6 +100,44 @@ def test_bad_patient_is_an_error_or_skipped(provided: Path, tmp_path: Path) -> N
 def test_missing_folder_names_it(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="absent"):
         build_cases(kbp_config(tmp_path / "absent", tmp_path))
+
+
+def test_sites_csv_sets_sites_by_patient(provided: Path, tmp_path: Path) -> None:
+    config = kbp_config(provided, tmp_path)
+    assert {c.site for c in build_cases(config)} == {None}
+    (provided / "sites.csv").write_text("case_id,site\npt_1,north\npt_3,south\n")
+    sites = {c.group: c.site for c in build_cases(config)}
+    assert sites == {"pt_1": "north", "pt_2": None, "pt_3": "south"}
+
+
+def test_sites_csv_unknown_patient_warns(
+    provided: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (provided / "sites.csv").write_text("case_id,site\npt_1,north\npt_9,east\n")
+    with caplog.at_level(logging.WARNING, logger="ctan.data.reader"):
+        cases = build_cases(kbp_config(provided, tmp_path))
+    assert {c.site for c in cases} == {"north", None}
+    assert "pt_9" in caplog.text and "sites.csv" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [("patient,site\npt_1,north\n", "header"), ("case_id,site\npt_1\n", "row 2")],
+)
+def test_malformed_sites_csv_names_the_file(
+    provided: Path, tmp_path: Path, text: str, problem: str
+) -> None:
+    (provided / "sites.csv").write_text(text)
+    with pytest.raises(ValueError, match=problem) as info:
+        build_cases(kbp_config(provided, tmp_path))
+    assert "sites.csv" in str(info.value)
+
+
+def test_phantom_sites_read_back(tmp_path: Path) -> None:
+    root = write_phantoms("openkbp", tmp_path / "kbp", cases=2, sites=2, seed=0)
+    cases = build_cases(kbp_config(root, tmp_path))
+    assert {c.group for c in cases} == {"pt_1", "pt_2"}
+    assert {c.site for c in cases} == {"hn_site_1", "hn_site_2"}
 
 
 def test_real_patients_parse_fast_and_round_trip(tmp_path: Path) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
 from datahelpers import STOIC_TASKS, make_config, write_mha
 
 from ctan.data.dataset import CaseDataset, build_cases
+from ctan.data.phantoms import write_phantoms
 
 
 def write_stoic(root: Path) -> Path:
@@ -70,3 +72,27 @@ def test_wrong_header_names_the_file(tmp_path: Path) -> None:
     (root / "metadata" / "reference.csv").write_text("id,covid\n1,1\n")
     with pytest.raises(ValueError, match=r"reference\.csv"):
         build_cases(config(root, tmp_path))
+
+
+def test_sites_csv_sets_sites(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = write_stoic(tmp_path / "stoic")
+    assert {c.site for c in build_cases(config(root, tmp_path))} == {None}
+    (root / "sites.csv").write_text("case_id,site\n1,north\n2,south\n7,east\n")
+    with caplog.at_level(logging.WARNING, logger="ctan.data.reader"):
+        cases = build_cases(config(root, tmp_path))
+    assert {c.case_id: c.site for c in cases} == {"1": "north", "2": "south", "3": None}
+    assert "7" in caplog.text and "sites.csv" in caplog.text
+
+
+def test_sites_csv_wrong_header_names_the_file(tmp_path: Path) -> None:
+    root = write_stoic(tmp_path / "stoic")
+    (root / "sites.csv").write_text("PatientID,hospital\n1,north\n")
+    with pytest.raises(ValueError, match=r"sites\.csv.*header"):
+        build_cases(config(root, tmp_path))
+
+
+def test_phantom_sites_read_back(tmp_path: Path) -> None:
+    root = write_phantoms("stoic", tmp_path / "stoic", cases=4, sites=2, seed=0)
+    cases = build_cases(config(root, tmp_path))
+    assert len(cases) == 4
+    assert sorted({c.site for c in cases}) == ["chest_site_1", "chest_site_2"]
