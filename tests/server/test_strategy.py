@@ -1,0 +1,278 @@
+"""Task-aware Flower strategies: messages, reply grouping, FedOpt key sets and state."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import pytest
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Error,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.supercore.task_identity import TaskIdentity
+
+from ctan.config import FederationConfig
+from server.aggregation import RobustOptions
+from server.strategy import (
+    QuorumTimeoutError,
+    TaskAwareFedAdam,
+    TaskAwareFedAvg,
+    TaskAwareFedProx,
+    TaskAwareFedYogi,
+    arrayrecord_to_groups,
+    build_strategy,
+    travelling_arrays,
+)
+
+F32 = np.float32
+SITE_TASKS = {11: ["a", "b"], 22: ["a"], 33: ["b"]}
+COUNTS = {11: {"a": 10, "b": 4}, 22: {"a": 20}, 33: {"b": 5}}
+
+
+@pytest.fixture(autouse=True)
+def server_task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Messages take run and node ids from the task identity a ServerApp process sets."""
+    for name, value in {"_task_id": 1, "_run_id": 1, "_node_id": 0}.items():
+        monkeypatch.setattr(TaskIdentity, name, value)
+
+
+class FakeGrid:
+    """Only what configure_* needs: the connected node ids."""
+
+    def __init__(self, node_ids: Iterable[int]) -> None:
+        self.node_ids = list(node_ids)
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.node_ids)
+
+
+def global_record(value: float = 0.0, heads: bool = False) -> ArrayRecord:
+    arrays = {
+        "encoder.w": np.full((2, 2), value, F32),
+        "attention.a.w": np.full(3, value, F32),
+        "attention.b.w": np.full(3, value, F32),
+        "attention.c.w": np.full(3, 7.0, F32),
+    }
+    if heads:
+        arrays["heads.a.w"] = np.zeros(2, F32)
+    return ArrayRecord({k: Array(v) for k, v in arrays.items()})
+
+
+def train_reply(
+    instruction: Message,
+    shift: float,
+    tasks: list[str] | None = None,
+    tamper: dict[str, np.ndarray] | None = None,
+    counts: dict[str, int] | None = None,
+) -> Message:
+    """The reply a site would send: its trained groups moved by ``shift``, counts, metrics."""
+    node = instruction.metadata.dst_node_id
+    tasks = SITE_TASKS[node] if tasks is None else tasks
+    counts = COUNTS[node] if counts is None else counts
+    sent = {k: v.numpy() for k, v in instruction.content["arrays"].items()}
+    keep = ["encoder.w", *(f"attention.{t}.w" for t in tasks)]
+    arrays = {k: sent[k] + F32(shift) for k in keep} | (tamper or {})
+    total = sum(counts.values())
+    metrics = {"num-examples": total, "num-examples.encoder": total, "loss": float(node)}
+    metrics |= {f"num-examples.task.{t}": n for t, n in counts.items()}
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord({k: Array(v) for k, v in arrays.items()}),
+            "metrics": MetricRecord(metrics),
+            "config": ConfigRecord({"tasks": tasks}),
+        }
+    )
+    return Message(content, reply_to=instruction)
+
+
+def run_round(strategy: TaskAwareFedAvg, rnd: int, arrays: ArrayRecord, shifts: dict[int, float]):
+    messages = list(
+        strategy.configure_train(rnd, arrays, ConfigRecord({"lr": 0.1}), FakeGrid(shifts))
+    )
+    replies = [train_reply(m, shifts[m.metadata.dst_node_id]) for m in messages]
+    return strategy.aggregate_train(rnd, replies)
+
+
+def test_configure_train_sends_travelling_groups_without_touching_config() -> None:
+    strategy = TaskAwareFedAvg(min_train_nodes=3, min_available_nodes=3)
+    config = ConfigRecord({"lr": 0.1})
+    messages = list(strategy.configure_train(1, global_record(), config, FakeGrid([33, 11, 22])))
+    assert sorted(m.metadata.dst_node_id for m in messages) == [11, 22, 33]
+    assert all(m.metadata.message_type == MessageType.TRAIN for m in messages)
+    assert dict(messages[0].content["config"]) == {"lr": 0.1, "server-round": 1}
+    assert dict(config) == {"lr": 0.1}
+    with pytest.raises(ValueError, match="must not be sent with heads='local'"):
+        strategy.configure_train(1, global_record(heads=True), config, FakeGrid([11, 22, 33]))
+
+
+def test_fedprox_sends_mu_on_a_copy_of_the_config() -> None:
+    strategy = TaskAwareFedProx(proximal_mu=0.5, min_train_nodes=2, min_available_nodes=2)
+    config = ConfigRecord({"lr": 0.1})
+    messages = list(strategy.configure_train(2, global_record(), config, FakeGrid([1, 2])))
+    assert messages[0].content["config"]["proximal-mu"] == 0.5
+    assert dict(config) == {"lr": 0.1}
+
+
+def test_sampling_is_seeded_by_round_and_bounded_in_time() -> None:
+    grid = FakeGrid(range(1, 11))
+
+    def sample(seed: int, rnd: int) -> list[int]:
+        strategy = TaskAwareFedAvg(fraction_train=0.3, min_train_nodes=2, seed=seed)
+        messages = strategy.configure_train(rnd, global_record(), ConfigRecord(), grid)
+        return [m.metadata.dst_node_id for m in messages]
+
+    assert sample(0, 1) == sample(0, 1)
+    assert len(sample(0, 1)) == 3
+    assert len({tuple(sample(0, r)) for r in range(1, 8)}) > 1
+    lonely = TaskAwareFedAvg(min_available_nodes=2, node_wait_timeout=0.2)
+    with pytest.raises(QuorumTimeoutError, match="1 nodes connected, 2 needed"):
+        lonely.configure_train(1, global_record(), ConfigRecord(), FakeGrid([1]))
+
+
+def test_fedavg_groups_replies_and_rejects_bad_ones() -> None:
+    strategy = TaskAwareFedAvg(min_train_nodes=4, min_available_nodes=4)
+    messages = list(
+        strategy.configure_train(1, global_record(), ConfigRecord(), FakeGrid([11, 22, 33, 44]))
+    )
+    by_node = {m.metadata.dst_node_id: m for m in messages}
+    nan = np.full(3, np.nan, F32)
+    replies = [
+        train_reply(by_node[11], 1.0),
+        train_reply(by_node[22], 2.0),
+        train_reply(by_node[33], 4.0),
+        Message(Error(code=0, reason="out of memory"), reply_to=by_node[44]),
+    ]
+    bad = train_reply(by_node[44], 9.0, ["a"], tamper={"attention.a.w": nan}, counts={"a": 1000})
+    arrays, metrics = strategy.aggregate_train(1, [*replies[:3], bad])
+    assert arrays is not None and metrics is not None
+    assert list(arrays) == list(global_record())
+    # encoder counts are each site's total: (14*1 + 20*2 + 5*4) / 39
+    np.testing.assert_allclose(arrays["encoder.w"].numpy(), np.full((2, 2), 74 / 39), rtol=1e-6)
+    np.testing.assert_allclose(arrays["attention.a.w"].numpy(), np.full(3, 5 / 3), rtol=1e-6)
+    np.testing.assert_allclose(arrays["attention.b.w"].numpy(), np.full(3, 24 / 9), rtol=1e-6)
+    np.testing.assert_array_equal(arrays["attention.c.w"].numpy(), np.full(3, 7.0))
+    assert metrics["num-examples"] == 14 + 20 + 5
+    assert metrics["loss"] == pytest.approx((14 * 11 + 20 * 22 + 5 * 33) / 39)
+    assert strategy.last_round is not None
+    assert list(strategy.last_round.rejected) == [44]
+    assert strategy.last_round.contributors["task.a"] == [11, 22]
+    _, _ = strategy.aggregate_train(1, [replies[3], train_reply(by_node[11], 1.0)])
+    assert "out of memory" in strategy.last_round.rejected[44][0].reason
+
+
+def test_all_replies_rejected_keeps_the_model() -> None:
+    strategy = TaskAwareFedAvg(min_train_nodes=1, min_available_nodes=1)
+    (message,) = strategy.configure_train(1, global_record(), ConfigRecord(), FakeGrid([22]))
+    bad = train_reply(message, 1.0, tamper={"encoder.w": np.zeros((3, 3), F32)})
+    assert strategy.aggregate_train(1, [bad]) == (None, None)
+
+
+def test_evaluate_combines_metrics_with_different_keys() -> None:
+    strategy = TaskAwareFedAvg(min_evaluate_nodes=2, min_available_nodes=2)
+    messages = list(
+        strategy.configure_evaluate(3, global_record(), ConfigRecord(), FakeGrid([1, 2]))
+    )
+    assert all(m.metadata.message_type == MessageType.EVALUATE for m in messages)
+    replies = [
+        Message(
+            RecordDict(
+                {"m": MetricRecord({"num-examples": 4, "num-examples.task.a": 4, "a.dice": 0.5})}
+            ),
+            reply_to=messages[0],
+        ),
+        Message(
+            RecordDict(
+                {"m": MetricRecord({"num-examples": 6, "num-examples.task.b": 6, "b.auc": 0.8})}
+            ),
+            reply_to=messages[1],
+        ),
+    ]
+    metrics = strategy.aggregate_evaluate(3, replies)
+    assert metrics is not None
+    assert dict(metrics) == pytest.approx(
+        {
+            "num-examples": 10.0,
+            "num-examples.task.a": 4.0,
+            "num-examples.task.b": 6.0,
+            "a.dice": 0.5,
+            "b.auc": 0.8,
+        }
+    )
+
+
+@pytest.mark.parametrize("cls", [TaskAwareFedAdam, TaskAwareFedYogi])
+def test_fedopt_keeps_key_set_and_freezes_untrained_groups(cls: type[TaskAwareFedAvg]) -> None:
+    strategy = cls(min_train_nodes=1, min_available_nodes=1, seed=1)
+    arrays = global_record()
+    # round 1: everyone; round 2: only site 22 (task a): task.b must not move by momentum
+    arrays, _ = run_round(strategy, 1, arrays, {11: 1.0, 22: 2.0, 33: 4.0})
+    assert arrays is not None and list(arrays) == list(global_record())
+    b_after_1 = arrays["attention.b.w"].numpy().copy()
+    m_b = strategy.m_t["attention.b.w"].copy()
+    arrays, _ = run_round(strategy, 2, arrays, {22: 1.0})
+    assert arrays is not None and list(arrays) == list(global_record())
+    np.testing.assert_array_equal(arrays["attention.b.w"].numpy(), b_after_1)
+    np.testing.assert_array_equal(strategy.m_t["attention.b.w"], m_b)
+    np.testing.assert_array_equal(arrays["attention.c.w"].numpy(), np.full(3, 7.0))
+    assert not np.allclose(arrays["attention.a.w"].numpy(), b_after_1)
+    assert set(strategy.m_t) == set(strategy.v_t) == set(global_record())
+
+
+@pytest.mark.parametrize("cls", [TaskAwareFedAdam, TaskAwareFedYogi])
+def test_fedopt_state_round_trips(cls: type[TaskAwareFedAvg]) -> None:
+    first = cls(min_train_nodes=1, min_available_nodes=1, seed=5)
+    arrays = global_record()
+    for rnd, shifts in enumerate([{11: 1.0, 22: 2.0}, {33: 3.0, 22: -1.0}], 1):
+        arrays, _ = run_round(first, rnd, arrays, shifts)
+    state = first.state_dict()
+    assert {k.split("/")[0] for k in state} == {"seed", "m_t", "v_t"}
+    assert all(isinstance(v, np.ndarray) for v in state.values())
+    second = cls(min_train_nodes=1, min_available_nodes=1, seed=0)
+    second.load_state_dict(state)
+    assert second.seed == 5
+    state["m_t/encoder.w"][:] = 123.0  # the loaded copy must not alias the saved state
+    third = {11: 0.5, 33: 2.0}
+    out_first, _ = run_round(first, 3, arrays, third)
+    out_second, _ = run_round(second, 3, arrays, third)
+    for key in out_first:
+        np.testing.assert_array_equal(out_first[key].numpy(), out_second[key].numpy())
+
+
+def test_travelling_arrays_and_conversion() -> None:
+    record = global_record(heads=True)
+    assert "heads.a.w" not in travelling_arrays(record, "local")
+    assert "heads.a.w" in travelling_arrays(record, "federated")
+    assert set(arrayrecord_to_groups(record)) == {
+        "encoder",
+        "task.a",
+        "task.b",
+        "task.c",
+        "heads.a",
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "cls"),
+    [
+        ("fedavg", TaskAwareFedAvg),
+        ("fedprox", TaskAwareFedProx),
+        ("fedadam", TaskAwareFedAdam),
+        ("fedyogi", TaskAwareFedYogi),
+    ],
+)
+def test_build_strategy_from_federation_config(name: str, cls: type) -> None:
+    federation = FederationConfig(
+        id="t", strategy=name, min_sites=3, heads="federated", proximal_mu=0.2
+    )
+    strategy = build_strategy(federation, seed=7, robust=RobustOptions(trim_beta=0.1))
+    assert type(strategy) is cls
+    assert (strategy.min_train_nodes, strategy.min_available_nodes, strategy.seed) == (3, 3, 7)
+    assert strategy.heads == "federated" and strategy.robust.trim_beta == 0.1
+    assert getattr(strategy, "proximal_mu", 0.2) == 0.2
