@@ -20,7 +20,11 @@ thousands of them; a dataset then loads each case into a **sample**:
     ``float32 (1, *image_size)`` region where a pixel task is scored (OpenKBP's possible-dose
     mask); absent means the whole image.
 ``sample["case_id"]``, ``sample["site"]``
-    strings, for logs, per-site metrics and prediction files.
+    strings, for logs, per-site metrics and prediction files (``site`` is ``""`` where unknown).
+``sample["case_labels"][key]``
+    ``float32 ()``, one entry per image-level label the reader knows for the case
+    (:attr:`Case.labels`), whether or not a task trains on it, NaN where missing; for metrics
+    computed over a subgroup (STOIC's severity AUC over COVID-positive cases).
 """
 
 from __future__ import annotations

@@ -6,9 +6,7 @@ Example:
     >>> train = CaseDataset(splits["train"], config, train=True)
     >>> train[0]["image"].shape                           # (C, *image_size)
 
-Besides the keys of :mod:`ctan.data.base`, a sample holds ``case_labels``: every image-level
-label the reader knows for the case (``float32 ()``, NaN where missing), whether or not a task
-trains on it, so that for example STOIC's severity AUC can be computed over COVID-positive cases.
+Samples hold the keys of :mod:`ctan.data.base`.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import pytest
+import torch
 from datahelpers import STOIC_TASKS, make_config, write_mha
 
 from ctan.data.dataset import CaseDataset, build_cases
@@ -49,6 +50,8 @@ def test_cases_headers_and_samples(tmp_path: Path, dims: int) -> None:
     assert sample["image"].shape == (1, *cfg.model.image_size)
     assert int(sample["targets"]["covid"]) == 0 and int(sample["targets"]["severe"]) == 0
     assert float(sample["case_labels"]["covid"]) == 0.0
+    assert sample["case_labels"]["severe"].shape == ()
+    assert sample["case_labels"]["severe"].dtype == torch.float32
 
 
 def test_row_without_image_names_the_file(tmp_path: Path) -> None:
