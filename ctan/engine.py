@@ -65,7 +65,13 @@ def seed_everything(seed: int) -> None:
 def make_loader(
     dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0
 ) -> DataLoader:
-    """A loader whose shuffling order depends only on ``seed``."""
+    """A loader whose shuffling order depends only on ``seed``.
+
+    Raises:
+        ValueError: ``dataset`` is empty.
+    """
+    if len(dataset) == 0:
+        raise ValueError("the data split is empty: there is no case to load")
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
         dataset,

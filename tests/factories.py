@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ctan.config import Config, load_config
@@ -53,5 +54,29 @@ def make_config(
                 **model,
             },
             "tasks": TASK_MIXES[mix],
+        }
+    )
+
+
+def derm_config(root: Path, tmp: Path, arch: str = "ctan", **train: Any) -> Config:
+    """A small 2D config on a HAM10000-layout folder: 32x32 images, widths [8, 16, 32]."""
+    return load_config(
+        {
+            "experiment": {"name": f"test-{arch}", "seed": 0, "output_dir": str(tmp / "runs")},
+            "model": {
+                "arch": arch,
+                "spatial_dims": 2,
+                "in_channels": 3,
+                "image_size": [32, 32],
+                "widths": [8, 16, 32],
+            },
+            "tasks": TASK_MIXES["seg+cls"],
+            "data": {
+                "format": "ham10000",
+                "root": str(root),
+                "cache_dir": str(tmp / "cache"),
+                "split": {"validation": 0.25, "test": 0.25},
+            },
+            "train": {"epochs": 2, "batch_size": 8, "lr": 3.0e-3, **train},
         }
     )

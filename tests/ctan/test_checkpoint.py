@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from factories import make_config
+
+from ctan.checkpoint import load_checkpoint, save_checkpoint
+from ctan.models import build_model
+
+
+def test_saved_and_loaded_model_predicts_identically(tmp_path: Path):
+    config = make_config("ctan", size=32, widths=[8, 16, 32])
+    model = build_model(config).eval()
+    with torch.no_grad():
+        model.heads["diagnosis"].mlp[0].weight.add_(1.0)
+    path = save_checkpoint(tmp_path / "c.pt", model, config, {"dice": 0.5}, {"epoch": 3})
+    loaded = load_checkpoint(path, config)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected, got = model(x), loaded.build_model()(x)
+    for task in expected:
+        assert torch.equal(expected[task], got[task])
+    assert loaded.metrics == {"dice": 0.5} and loaded.extra == {"epoch": 3}
+    assert loaded.code_version and loaded.created
+
+
+def test_mismatched_config_is_refused_naming_the_difference(tmp_path: Path):
+    config = make_config("ctan", size=32, widths=[8, 16, 32])
+    path = save_checkpoint(tmp_path / "c.pt", build_model(config), config)
+    with pytest.raises(ValueError, match="architecture is 'ctan' in the checkpoint but 'hps'"):
+        load_checkpoint(path, make_config("hps", size=32, widths=[8, 16, 32]))
+    with pytest.raises(ValueError, match=r"model\.widths is \[8, 16, 32\] in the checkpoint"):
+        load_checkpoint(path, make_config("ctan", size=32, widths=[8, 16, 16]))
+    with pytest.raises(ValueError, match="tasks"):
+        load_checkpoint(path, make_config("ctan", mix="seg+reg", size=32, widths=[8, 16, 32]))
+
+
+def test_missing_and_foreign_files(tmp_path: Path):
+    with pytest.raises(FileNotFoundError, match=r"nothing\.pt"):
+        load_checkpoint(tmp_path / "nothing.pt")
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": 1}, foreign)
+    with pytest.raises(ValueError, match="not a checkpoint of this project"):
+        load_checkpoint(foreign)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="cannot be read"):
+        load_checkpoint(garbage)
+
+
+def test_write_is_atomic(tmp_path: Path, monkeypatch):
+    config = make_config("hps", size=32, widths=[8, 16, 32])
+    path = save_checkpoint(tmp_path / "c.pt", build_model(config), config)
+    original = path.read_bytes()
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, build_model(config), config)
+    assert path.read_bytes() == original
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]
