@@ -12,7 +12,14 @@ def _run_check(args: argparse.Namespace) -> int:
     from ctan.config import load_config
     from ctan.data.check import check_data
 
-    report = check_data(load_config(args.config), skip_bad=args.skip_bad)
+    config = load_config(args.config)
+    data = config.data
+    if data is not None and data.phantom is None and not data.root.exists():
+        raise FileNotFoundError(
+            f"data.root {data.root} does not exist; point data.root in {args.config} at the "
+            "data folder, or add data.phantom to write phantom data there"
+        )
+    report = check_data(config, skip_bad=args.skip_bad)
     print(report.render())
     return 0 if report.ok else 1
 
@@ -20,9 +27,12 @@ def _run_check(args: argparse.Namespace) -> int:
 def _run_synth(args: argparse.Namespace) -> int:
     from ctan.data.phantoms import write_phantoms
 
-    written = write_phantoms(
-        args.layout, args.out, cases=args.cases, sites=args.sites, seed=args.seed
-    )
+    try:
+        written = write_phantoms(
+            args.layout, args.out, cases=args.cases, sites=args.sites, seed=args.seed
+        )
+    except FileExistsError as err:
+        raise ValueError(f"{err}; choose another --out or empty it") from None
     print(f"wrote {args.cases} {args.layout} phantom cases from {args.sites} sites to {written}")
     return 0
 
@@ -38,7 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Read the data that a config points at, exactly as training would, and report cases, "
             "labelled cases per task (and per channel for partial pixel labels), sites and every "
-            "problem found. Exit status 1 when problems were found."
+            "problem found. Exit status 1 when problems were found, 2 when data.root does not "
+            "exist or the config is invalid."
         ),
     )
     check.add_argument("--config", type=Path, required=True, help="experiment or site YAML")
