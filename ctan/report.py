@@ -108,3 +108,204 @@ def plot_learning_curves(
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def _final(
+    curves: Mapping[str, Mapping[str, list[tuple[int, float]]]], split: str, name: str
+) -> float | None:
+    points = curves.get(split, {}).get(name)
+    return points[-1][1] if points else None
+
+
+def plot_federated_curves(curves: Mapping, out: Path, tasks: list[Any], sites: list[str]) -> Path:
+    """Per task: training loss and validation primary metric of every site across rounds."""
+    fig, axes = plt.subplots(len(tasks), 2, figsize=(10, 2.8 * len(tasks)), squeeze=False)
+    for row, task in enumerate(tasks):
+        loss_ax, metric_ax = axes[row]
+        for site in sites:
+            loss = curves.get(f"train/{site}", {}).get(f"{task.name}.loss", [])
+            if loss:
+                loss_ax.plot(*zip(*loss, strict=True), "o-", label=site)
+            metric = curves.get(f"validation/{site}", {}).get(
+                f"{task.name}.{task.primary_metric}", []
+            )
+            if metric:
+                metric_ax.plot(*zip(*metric, strict=True), "o-", label=site)
+        overall = curves.get("validation/all", {}).get(f"{task.name}.{task.primary_metric}", [])
+        if overall:
+            metric_ax.plot(*zip(*overall, strict=True), "k--", label="all sites")
+        loss_ax.set_title(f"{task.name}: training loss per site")
+        metric_ax.set_title(f"{task.name}: validation {task.primary_metric}")
+        for ax in (loss_ax, metric_ax):
+            ax.set_xlabel("round")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            if ax.lines:
+                ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def write_federated_report(
+    folder: Path,
+    config: Any,
+    sites: list[Mapping[str, Any]],
+    centralised: Mapping[str, Mapping[str, float]] | None = None,
+) -> Path:
+    """Write ``report.md``, ``model_card.md`` and plots of a federated run folder.
+
+    Args:
+        folder: the run folder holding the round log (``metrics.csv``).
+        config: the run's :class:`ctan.config.Config`.
+        sites: the admitted sites (``name``, ``tasks``, ``labelled``, ``code_version``).
+        centralised: test metrics of a centralised run of the same config, if there is one.
+
+    Returns:
+        The report's path.
+    """
+    folder = Path(folder)
+    curves = read_log(folder / "metrics.csv")
+    names = [s["name"] for s in sites]
+    plot_federated_curves(curves, folder / "federated_curves.png", config.tasks, names)
+    federation = config.federation
+    rounds = curves.get("round", {}).get("wall-seconds", [])
+    lines = [
+        f"# Federated run: {federation.id}",
+        "",
+        f"Architecture **{config.model.arch}** ({config.model.spatial_dims}D, "
+        f"{config.model.image_size}), strategy **{federation.strategy}**, "
+        f"{len(rounds)} rounds of {federation.local_epochs} local epoch(s), heads "
+        f"**{federation.heads}**, {len(sites)} sites.",
+        "",
+        "## Sites",
+        "",
+        "| site | tasks | labelled training cases |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {s['name']} | {', '.join(s['tasks'])} | "
+        f"{', '.join(f'{k}: {v}' for k, v in s['labelled'].items())} |"
+        for s in sites
+    ]
+    header = [f"{t.name} {m}" for t in config.tasks for m in t.metrics]
+    lines += [
+        "",
+        "## Final validation metrics per site",
+        "",
+        "| site | " + " | ".join(header) + " |",
+        "|---" * (len(header) + 1) + "|",
+    ]
+    for site in [*names, "all"]:
+        cells = []
+        for task in config.tasks:
+            for metric in task.metrics:
+                value = _final(curves, f"validation/{site}", f"{task.name}.{metric}")
+                cells.append("–" if value is None else f"{value:.4f}")
+        lines.append(
+            f"| {'all sites (weighted)' if site == 'all' else site} | " + " | ".join(cells) + " |"
+        )
+    if centralised:
+        lines += [
+            "",
+            "## Centralised vs federated",
+            "",
+            "| task | metric | centralised | federated (all sites) |",
+            "|---|---|---|---|",
+        ]
+        for task in config.tasks:
+            for metric in task.metrics:
+                fed = _final(curves, "validation/all", f"{task.name}.{metric}")
+                cen = centralised.get(task.name, {}).get(metric)
+                lines.append(
+                    f"| {task.name} | {metric} | "
+                    f"{'–' if cen is None else f'{cen:.4f}'} | "
+                    f"{'–' if fed is None else f'{fed:.4f}'} |"
+                )
+    traffic = [
+        "",
+        "## Traffic and time per round",
+        "",
+        "| site | mean bytes sent to site | mean bytes received | mean training s |",
+        "|---|---|---|---|",
+    ]
+    for site in names:
+        split = curves.get(f"train/{site}", {})
+
+        def mean(name: str, values: Mapping = split) -> float:
+            points = values.get(name, [])
+            return sum(v for _, v in points) / len(points) if points else float("nan")
+
+        traffic.append(
+            f"| {site} | {mean('bytes-sent'):,.0f} | {mean('bytes-received'):,.0f} | "
+            f"{mean('train-seconds'):.1f} |"
+        )
+    lines += traffic
+    if rounds:
+        lines += ["", f"Mean round wall time: {sum(v for _, v in rounds) / len(rounds):.1f} s."]
+    lines += [
+        "",
+        "![learning curves](federated_curves.png)",
+        "",
+        "Round log: `metrics.csv` / `metrics.jsonl` (long format: round, split, name, "
+        "value); TensorBoard events: `tensorboard/`. Global model: `global_model.pt`.",
+        "",
+    ]
+    report = folder / "report.md"
+    report.write_text("\n".join(lines))
+    write_model_card(folder / "model_card.md", config, sites, curves)
+    return report
+
+
+def write_model_card(
+    path: Path, config: Any, sites: list[Mapping[str, Any]], curves: Mapping
+) -> Path:
+    """A model card: what the model is, what it was trained on, how it scores, what not to do."""
+    federation = config.federation
+    data = config.data
+    lines = [
+        f"# Model card: {config.experiment.name} ({federation.id})",
+        "",
+        "## Model",
+        f"- Architecture: {config.model.arch.upper()} ({config.model.spatial_dims}D, input "
+        f"{config.model.in_channels} x {config.model.image_size}, widths {config.model.widths}).",
+        "- Tasks: "
+        + "; ".join(
+            f"{t.name} ({t.kind}, {t.classes} classes/channels, metrics {', '.join(t.metrics)})"
+            for t in config.tasks
+        )
+        + ".",
+        f"- Trained with federated learning ({federation.strategy}, {federation.rounds} rounds); "
+        f"heads {federation.heads}.",
+        "",
+        "## Data",
+        f"- Format: {data.format if data else 'site-owned'}; sites: "
+        + ", ".join(f"{s['name']} ({', '.join(s['tasks'])})" for s in sites)
+        + ".",
+        "- No patient data left the sites; only parameter groups, labelled-example counts and "
+        "metrics did.",
+        "",
+        "## Metrics per site (validation, last round)",
+    ]
+    for site in sites:
+        values = []
+        for task in config.tasks:
+            if task.name in site["tasks"]:
+                name = f"{task.name}.{task.primary_metric}"
+                value = _final(curves, f"validation/{site['name']}", name)
+                values.append(f"{task.name} {task.primary_metric} {value}")
+        lines.append(f"- {site['name']}: " + "; ".join(values))
+    lines += [
+        "",
+        "## Intended use",
+        "- Research on federated multi-task learning. **Not a medical device**; not validated "
+        "for clinical use or diagnosis.",
+        "",
+        "## Limitations",
+        "- Performance is reported on each site's own validation split; other populations, "
+        "scanners and label conventions may differ.",
+        "- Phantom-trained models say nothing about real patients.",
+        "",
+    ]
+    path.write_text("\n".join(lines))
+    return path

@@ -1,0 +1,174 @@
+"""Federation plumbing that needs no Flower: run settings, site settings, simulated partitions.
+
+Flower's run config is flat TOML that only points at the coordinator's YAML (plus a few
+overrides); a hospital's own settings arrive as node config. Both are plain mappings here, so
+the ClientApp and ServerApp stay thin and this logic is tested without Flower.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ctan.config import Config, DataConfig, PrivacyConfig, load_config
+from ctan.data.base import Case
+from ctan.site import SiteSettings
+
+#: run config keys (``[tool.flwr.app.config]``); empty strings and zeros mean "not set"
+RUN_CONFIG_DEFAULTS: dict[str, Any] = {
+    "config": "configs/demo.yaml",
+    "data-root": "",
+    "output-dir": "",
+    "state-dir": "",
+    "rounds": 0,
+    "resume": False,
+}
+
+#: node config keys a hospital sets when it joins (``flower-supernode --node-config``)
+NODE_CONFIG_KEYS = (
+    "site",
+    "tasks",
+    "data-format",
+    "data-root",
+    "device",
+    "state-dir",
+    "privacy-epsilon",
+    "privacy-delta",
+    "max-grad-norm",
+)
+
+
+def config_from_run_config(run_config: Mapping[str, Any], app_root: Path) -> Config:
+    """The experiment config a run points at, with the run's overrides applied.
+
+    Args:
+        run_config: Flower's run config (see :data:`RUN_CONFIG_DEFAULTS`).
+        app_root: the folder the app runs from; a relative ``config`` path starts there.
+
+    Raises:
+        ValueError: unknown run config keys, or the YAML has no federation section.
+        FileNotFoundError: the YAML does not exist.
+    """
+    unknown = sorted(set(run_config) - set(RUN_CONFIG_DEFAULTS))
+    if unknown:
+        raise ValueError(
+            f"unknown run config keys {unknown}; allowed: {sorted(RUN_CONFIG_DEFAULTS)}"
+        )
+    settings = {**RUN_CONFIG_DEFAULTS, **run_config}
+    path = Path(str(settings["config"]))
+    config = load_config(path if path.is_absolute() else app_root / path)
+    if config.federation is None:
+        raise ValueError(f"{path} has no federation section; a federated run needs one")
+    updates: dict[str, Any] = {}
+    if settings["data-root"] and config.data is not None:
+        updates["data"] = config.data.model_copy(update={"root": Path(settings["data-root"])})
+    if settings["output-dir"]:
+        updates["experiment"] = config.experiment.model_copy(
+            update={"output_dir": Path(settings["output-dir"])}
+        )
+    if int(settings["rounds"]) > 0:
+        updates["federation"] = config.federation.model_copy(
+            update={"rounds": int(settings["rounds"])}
+        )
+    return config.model_copy(update=updates) if updates else config
+
+
+def simulation_state_dir(run_config: Mapping[str, Any], config: Config) -> Path:
+    """Where simulated sites keep their state: ``state-dir`` or ``<output_dir>/site-state``."""
+    state = str(run_config.get("state-dir", ""))
+    return Path(state) if state else config.experiment.output_dir / "site-state"
+
+
+def simulated_site(config: Config, partition_id: int, state_dir: Path) -> SiteSettings:
+    """The settings of the simulated site for Flower's ``partition-id``.
+
+    Raises:
+        ValueError: the partition id does not name one of ``federation.sites``.
+    """
+    sites = config.federation.sites if config.federation else []
+    if not 0 <= partition_id < len(sites):
+        raise ValueError(
+            f"partition-id {partition_id} has no site: federation.sites lists {len(sites)} "
+            "sites; run the simulation with num-supernodes equal to that number"
+        )
+    site = sites[partition_id]
+    return SiteSettings(
+        site.name, tuple(site.tasks), state_dir, privacy=site.privacy, device=config.train.device
+    )
+
+
+def simulated_site_cases(config: Config, site_name: str) -> list[Case]:
+    """This site's share of ``config.data``: partitioned, with unheld task labels removed."""
+    from ctan.data.dataset import build_cases
+    from ctan.data.partition import apply_task_availability, partition_cases
+
+    federation = config.federation
+    partition_config = federation.partition
+    label_key = None
+    if partition_config.label is not None:
+        label_key = config.task(partition_config.label).label
+    partition = partition_cases(
+        list(build_cases(config)),
+        partition_config,
+        seed=config.experiment.seed,
+        label_key=label_key,
+        site_names=[s.name for s in federation.sites],
+    )
+    held = apply_task_availability(
+        partition,
+        {s.name: s.tasks for s in federation.sites},
+        {t.name: t.label for t in config.tasks},
+    )
+    return held[site_name]
+
+
+def site_from_node_config(node_config: Mapping[str, Any], config: Config) -> SiteSettings:
+    """A hospital's settings from the node config it joined with.
+
+    Keys (:data:`NODE_CONFIG_KEYS`): ``site``, ``tasks`` (comma-separated), ``data-format``,
+    ``data-root`` (absolute), ``device`` (default ``auto``), ``state-dir`` (absolute), and
+    optionally ``privacy-epsilon``, ``privacy-delta``, ``max-grad-norm``. The privacy budget
+    always comes from here, never from the coordinator.
+
+    Raises:
+        ValueError: a required key is missing or a value is invalid (key named).
+    """
+    unknown = sorted(set(node_config) - set(NODE_CONFIG_KEYS))
+    if unknown:
+        raise ValueError(f"unknown node config keys {unknown}; allowed: {list(NODE_CONFIG_KEYS)}")
+    missing = [
+        k
+        for k in ("site", "tasks", "data-format", "data-root", "state-dir")
+        if not str(node_config.get(k, "")).strip()
+    ]
+    if missing:
+        raise ValueError(
+            f'node config lacks {missing}; join with --node-config \'site="..." tasks="a,b" '
+            'data-format="..." data-root="/abs/path" state-dir="/abs/path"\''
+        )
+    split = config.data.split if config.data is not None else None
+    data = DataConfig.model_validate(
+        {
+            "format": node_config["data-format"],
+            "root": str(node_config["data-root"]),
+            **({"split": split.model_dump()} if split is not None else {}),
+        },
+        context={"base_dir": Path("/")},
+    )
+    privacy = None
+    if "privacy-epsilon" in node_config:
+        privacy = PrivacyConfig(
+            target_epsilon=float(node_config["privacy-epsilon"]),
+            delta=float(node_config.get("privacy-delta", 1e-5)),
+            max_grad_norm=float(node_config.get("max-grad-norm", 1.0)),
+        )
+    tasks = tuple(t.strip() for t in str(node_config["tasks"]).split(",") if t.strip())
+    return SiteSettings(
+        name=str(node_config["site"]),
+        tasks=tasks,
+        state_dir=Path(str(node_config["state-dir"])),
+        data=data,
+        device=str(node_config.get("device", "auto")),
+        privacy=privacy,
+    )

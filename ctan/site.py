@@ -1,0 +1,368 @@
+"""One federated site's work, without Flower: what it holds, a training round, an evaluation.
+
+The ClientApp converts Flower records to plain arrays and calls :class:`SiteRunner`; everything
+a site must remember between rounds (its heads, optimiser and weighting state) lives on its own
+disk under ``<state dir>/<federation id>/<site>/``, versioned by server round, because Flower
+keeps ``context.state`` in memory only and gives every run a new run id. A resumed or repeated
+run of the same federation finds it. Every payload the site sends is appended to
+``payloads.jsonl`` there, so the hospital can see what left it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ctan import __version__
+from ctan.checkpoint import atomic_write_bytes, save_checkpoint
+from ctan.config import Config, DataConfig, PrivacyConfig
+from ctan.data.base import Case
+from ctan.engine import (
+    ProximalTerm,
+    TaskTrainer,
+    derive_seed,
+    make_loader,
+    resolve_device,
+    seed_everything,
+)
+from ctan.models import build_model, parameter_groups, trainable_groups
+from ctan.models.groups import ENCODER_GROUP, group_of
+from ctan.training import companions
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = re.compile(r"^round-(\d+)\.pt$")
+KEEP_ROUNDS = 3
+
+
+@dataclass(frozen=True)
+class SiteSettings:
+    """What a site owns and decides itself (node config in deployment, ``federation.sites`` in
+    simulation).
+
+    Attributes:
+        name: the site's name.
+        tasks: the tasks whose labels it holds.
+        state_dir: base folder of site state.
+        data: its own data (deployment); ``None`` in simulation, where the site's share of
+            ``config.data`` comes from ``federation.partition``.
+        device: ``auto``, ``cpu`` or ``cuda[:N]``.
+        privacy: its differential-privacy budget, if any.
+    """
+
+    name: str
+    tasks: tuple[str, ...]
+    state_dir: Path
+    data: DataConfig | None = None
+    device: str = "auto"
+    privacy: PrivacyConfig | None = None
+
+
+@dataclass
+class RoundOutput:
+    """What a site sends back after training.
+
+    Attributes:
+        arrays: the trained groups' arrays by ``state_dict`` key.
+        counts: labelled examples per group sent (0 for groups it did not train).
+        metrics: training metrics (``<task>.loss``, ``train-seconds``, ...).
+        groups: the groups trained.
+    """
+
+    arrays: dict[str, np.ndarray]
+    counts: dict[str, int]
+    metrics: dict[str, float]
+    groups: list[str] = field(default_factory=list)
+
+
+def model_signature(model: torch.nn.Module) -> list[str]:
+    """``"<key>:<shape>:<dtype>"`` for every ``state_dict`` entry, sorted."""
+    return sorted(
+        f"{k}:{'x'.join(map(str, v.shape))}:{str(v.dtype).removeprefix('torch.')}"
+        for k, v in model.state_dict().items()
+    )
+
+
+def signature_digest(signature: Sequence[str]) -> str:
+    """A short hash of a :func:`model_signature`."""
+    return hashlib.sha256("\n".join(signature).encode()).hexdigest()[:16]
+
+
+def signature_difference(ours: Sequence[str], theirs: Sequence[str], limit: int = 3) -> str:
+    """Human-readable difference of two model signatures (empty when equal)."""
+    missing = sorted(set(ours) - set(theirs))
+    extra = sorted(set(theirs) - set(ours))
+    parts = []
+    if missing:
+        parts.append(
+            f"{len(missing)} entries differ or are missing at the site, e.g. {missing[:limit]}"
+        )
+    if extra:
+        parts.append(f"the site has {len(extra)} entries the server lacks, e.g. {extra[:limit]}")
+    return "; ".join(parts)
+
+
+class SiteRunner:
+    """Runs one site's rounds for a federation config.
+
+    Args:
+        config: the federation's experiment config (model, tasks, train, federation).
+        site: this site's own settings.
+        partition_cases: in simulation, this site's cases (already partitioned, with the labels
+            of tasks it does not hold removed); ``None`` reads ``site.data``.
+
+    Raises:
+        ValueError: the site holds no task of the federation, or names unknown tasks, or has
+            no data.
+    """
+
+    def __init__(
+        self, config: Config, site: SiteSettings, partition_cases: list[Case] | None = None
+    ) -> None:
+        if config.federation is None:
+            raise ValueError("the config has no federation section")
+        known = [t.name for t in config.tasks]
+        unknown = [t for t in site.tasks if t not in known]
+        if unknown or not site.tasks:
+            raise ValueError(
+                f"site {site.name!r} holds tasks {list(site.tasks)}; the federation's tasks are "
+                f"{known}: a site must hold at least one of them and no others"
+            )
+        self.config = config if site.data is None else config.model_copy(update={"data": site.data})
+        if self.config.data is None:
+            raise ValueError(f"site {site.name!r} has no data: set its data format and root")
+        self.site = site
+        self.federation = config.federation
+        self.folder = Path(site.state_dir) / self.federation.id / site.name
+        self._partition_cases = partition_cases
+        self._splits: dict[str, list[Case]] | None = None
+
+    # --- data ---------------------------------------------------------------------------
+
+    def splits(self) -> dict[str, list[Case]]:
+        """The site's train/validation/test cases (split by group, seeded by experiment seed)."""
+        if self._splits is None:
+            from ctan.data.dataset import build_cases, split_cases
+
+            cases = (
+                self._partition_cases
+                if self._partition_cases is not None
+                else list(build_cases(self.config))
+            )
+            split = self.config.data.split
+            seed = derive_seed(self.config.experiment.seed, "split", self.site.name)
+            self._splits = split_cases(cases, split, split.seed if split.seed is not None else seed)
+        return self._splits
+
+    def labelled_counts(self) -> dict[str, int]:
+        """Training cases with a label, per task this site holds."""
+        train = self.splits()["train"]
+        return {
+            t.name: sum(c.has_label(t.label) for c in train)
+            for t in self.config.tasks
+            if t.name in self.site.tasks
+        }
+
+    def describe(self) -> dict[str, Any]:
+        """What the site holds, for the server's ``query``: tasks, counts, versions, model."""
+        model = build_model(self.config)
+        signature = model_signature(model)
+        counts = self.labelled_counts()
+        lacking = [t for t, n in counts.items() if n == 0]
+        return {
+            "site": self.site.name,
+            "tasks": [t for t in self.site.tasks if t not in lacking],
+            "tasks-without-labels": lacking,
+            "labelled": counts,
+            "code-version": __version__,
+            "model-signature": signature_digest(signature),
+            "model-keys": signature,
+            "privacy": self.site.privacy is not None,
+        }
+
+    # --- state --------------------------------------------------------------------------
+
+    def _state_path(self, server_round: int) -> Path:
+        return self.folder / f"round-{server_round:04d}.pt"
+
+    def latest_state(self, before: int) -> tuple[int, dict[str, Any]] | None:
+        """The newest saved state of a round strictly before ``before``."""
+        if not self.folder.is_dir():
+            return None
+        rounds = sorted(
+            int(m.group(1)) for p in self.folder.iterdir() if (m := STATE_FILE.match(p.name))
+        )
+        rounds = [r for r in rounds if r < before]
+        if not rounds:
+            return None
+        path = self._state_path(rounds[-1])
+        try:
+            return rounds[-1], torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise ValueError(f"site state {path} cannot be read: {err}") from err
+
+    def _save_state(self, server_round: int, model: torch.nn.Module, trainer: TaskTrainer) -> None:
+        groups = parameter_groups(model)
+        local_keys = [k for g, ks in groups.items() if g.startswith("heads.") for k in ks]
+        state = model.state_dict()
+        payload = {
+            "round": server_round,
+            "local": {k: state[k].detach().cpu() for k in local_keys},
+            "trainer": trainer.state_dict(),
+        }
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self._state_path(server_round), lambda f: torch.save(payload, f))
+        saved = sorted(
+            int(m.group(1)) for p in self.folder.iterdir() if (m := STATE_FILE.match(p.name))
+        )
+        for old in saved[:-KEEP_ROUNDS]:
+            self._state_path(old).unlink(missing_ok=True)
+
+    def _log_payload(
+        self,
+        kind: str,
+        server_round: int,
+        arrays: Mapping[str, np.ndarray],
+        extra: Mapping[str, Any],
+    ) -> None:
+        record = {
+            "time": time.time(),
+            "kind": kind,
+            "round": server_round,
+            "groups": sorted({group_of(k) for k in arrays}),
+            "arrays": len(arrays),
+            "bytes": int(sum(a.nbytes for a in arrays.values())),
+            **extra,
+        }
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with (self.folder / "payloads.jsonl").open("a") as log:
+            log.write(json.dumps(record) + "\n")
+
+    # --- rounds -------------------------------------------------------------------------
+
+    def _prepared(
+        self, server_round: int, global_arrays: Mapping[str, np.ndarray], newest: int
+    ) -> tuple[torch.nn.Module, dict[str, Any] | None]:
+        """The model with the site's own state of the newest round ``< newest`` and the
+        server's arrays on top."""
+        model = build_model(self.config)
+        previous = self.latest_state(newest)
+        state = model.state_dict()
+        unknown = [k for k in global_arrays if k not in state]
+        if unknown:
+            raise ValueError(f"the server sent arrays this model does not have: {unknown[:3]}")
+        if previous is not None:
+            state.update(previous[1]["local"])
+        for key, value in global_arrays.items():
+            state[key] = torch.as_tensor(np.asarray(value)).to(state[key].dtype)
+        model.load_state_dict(state)
+        return model, previous[1] if previous is not None else None
+
+    def train_round(
+        self, server_round: int, global_arrays: Mapping[str, np.ndarray], proximal_mu: float = 0.0
+    ) -> RoundOutput:
+        """Load the server's groups, train ``local_epochs`` on the site's labels, save state.
+
+        Args:
+            server_round: the round (1-based); site state of earlier rounds is restored.
+            global_arrays: the travelling groups by ``state_dict`` key.
+            proximal_mu: FedProx coefficient (0: none); applies to travelling groups trained.
+
+        Returns:
+            Exactly the groups trained, counts per group sent, metrics.
+        """
+        from ctan.data.dataset import CaseDataset
+
+        model, previous = self._prepared(server_round, global_arrays, newest=server_round)
+        trained = trainable_groups(model, self.site.tasks)
+        device = resolve_device(self.site.device)
+        trainer = TaskTrainer(
+            model, self.config.tasks, self.config.train, device, companions=companions(self.config)
+        )
+        if previous is not None:
+            trainer.load_state_dict(previous["trainer"])
+        seed = derive_seed(self.config.experiment.seed, self.site.name, server_round)
+        seed_everything(seed)
+        loader = make_loader(
+            CaseDataset(self.splits()["train"], self.config, train=True),
+            self.config.train.batch_size,
+            shuffle=True,
+            seed=seed,
+            num_workers=self.config.train.num_workers,
+        )
+        groups = parameter_groups(model)
+        reference = {k: torch.as_tensor(np.asarray(v)).to(device) for k, v in global_arrays.items()}
+        proximal = ProximalTerm(proximal_mu, reference) if proximal_mu > 0 else None
+        logs = [trainer.train_epoch(loader, proximal) for _ in range(self.federation.local_epochs)]
+        self._save_state(server_round, model, trainer)
+        state = model.state_dict()
+        sent_groups = {group_of(k) for k in global_arrays}
+        returned = [g for g in trained if g in sent_groups]
+        arrays = {k: state[k].detach().cpu().numpy() for g in returned for k in groups[g]}
+        labelled = {t: sum(log.labelled[t] for log in logs) // len(logs) for t in logs[0].labelled}
+        counts = {
+            g: _group_count(g, labelled, logs[-1].samples) if g in returned else 0
+            for g in sorted(sent_groups)
+        }
+        metrics: dict[str, float] = {
+            "train-seconds": float(sum(log.seconds for log in logs)),
+            "samples": float(logs[-1].samples),
+        }
+        for task in self.site.tasks:
+            metrics[f"{task}.loss"] = float(logs[-1].losses[task])
+        self._log_payload("train", server_round, arrays, {"counts": counts})
+        return RoundOutput(arrays, counts, metrics, returned)
+
+    def evaluate_round(
+        self, server_round: int, global_arrays: Mapping[str, np.ndarray], split: str = "validation"
+    ) -> tuple[dict[str, float], dict[str, int]]:
+        """Score the site's personalised model (server groups + its own heads) on ``split``.
+
+        Also writes the personalised model to ``<site state>/model.pt`` (a ctan checkpoint).
+
+        Returns:
+            ``({"<task>.<metric>": value, "<task>.loss": value}, {task: labelled cases})`` for
+            the tasks the site holds.
+        """
+        from ctan.prediction import evaluate_cases
+
+        model, _ = self._prepared(server_round, global_arrays, newest=server_round + 1)
+        cases = self.splits()[split]
+        if not cases:
+            raise ValueError(f"site {self.site.name!r} has an empty {split} split")
+        device = resolve_device(self.site.device)
+        trainer = TaskTrainer(
+            model, self.config.tasks, self.config.train, device, companions=companions(self.config)
+        )
+        evaluation = evaluate_cases(trainer, self.config, cases)
+        metrics: dict[str, float] = {}
+        for task in self.site.tasks:
+            for name, value in evaluation.metrics[task].items():
+                metrics[f"{task}.{name}"] = float(value)
+            metrics[f"{task}.loss"] = float(evaluation.losses[task])
+        counts = {t: evaluation.labelled[t] for t in self.site.tasks}
+        save_checkpoint(
+            self.folder / "model.pt",
+            model,
+            self.config,
+            {"round": server_round, split: metrics},
+            {"site": self.site.name, "round": server_round},
+        )
+        return metrics, counts
+
+
+def _group_count(group: str, labelled: Mapping[str, int], samples: int) -> int:
+    """Labelled examples behind a group's update: all samples for the encoder, else the task's."""
+    if group == ENCODER_GROUP:
+        return samples
+    return int(labelled.get(group.split(".", 1)[1], 0))

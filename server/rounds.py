@@ -1,0 +1,382 @@
+"""The coordinator's resumable round loop on top of the task-aware strategies.
+
+Flower's ``Strategy.start`` always counts from round 1, so this loop is ours; it calls the
+strategy's ``configure_*``/``aggregate_*`` steps and never re-implements them. Per round it logs
+every site's metrics, labelled examples, bytes and wall time, and saves the global groups, the
+round number, the strategy state and the seed atomically, so :func:`run_federation` with
+``resume=True`` continues after the last completed round.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+from rich.console import Console
+
+from ctan.checkpoint import atomic_write_bytes, save_checkpoint
+from ctan.config import Config
+from ctan.models import build_model, parameter_groups
+from ctan.report import RunLog, write_federated_report
+from ctan.site import model_signature, signature_difference, signature_digest
+from server.aggregation import split_groups, travelling_groups
+from server.strategy import build_strategy, groups_to_arrayrecord
+
+logger = logging.getLogger(__name__)
+
+STATE_NAME = "server-state.pt"
+
+
+class FederationError(RuntimeError):
+    """The federation cannot go on (quorum lost, no usable site); the message says why."""
+
+
+@dataclass
+class SiteInfo:
+    """A site as it answered the ``query``."""
+
+    node_id: int
+    name: str
+    tasks: list[str]
+    labelled: dict[str, int]
+    code_version: str
+
+
+@dataclass
+class FederationResult:
+    """What a federated run produced."""
+
+    folder: Path
+    rounds: int
+    arrays: dict[str, np.ndarray]
+    sites: list[SiteInfo] = field(default_factory=list)
+
+
+class AdmittedGrid:
+    """A view of a Grid that only shows the nodes admitted after the ``query``."""
+
+    def __init__(self, grid: Grid, admitted: Iterable[int]) -> None:
+        self._grid = grid
+        self.admitted = set(admitted)
+
+    def get_node_ids(self) -> list[int]:
+        return [n for n in self._grid.get_node_ids() if n in self.admitted]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+
+def _record_to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {k: a.numpy() for k, a in record.items()}
+
+
+def _save_state(path: Path, payload: Mapping[str, Any]) -> None:
+    def tensors(arrays: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        return {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}
+
+    data = {
+        "round": payload["round"],
+        "seed": payload["seed"],
+        "folder": str(payload["folder"]),
+        "arrays": tensors(payload["arrays"]),
+        "strategy": tensors(payload["strategy"]),
+    }
+    atomic_write_bytes(path, lambda f: torch.save(data, f))
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    """A saved server state: round, seed, run folder, global arrays, strategy state."""
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise FederationError(f"server state {path} cannot be read: {err}") from err
+    data["arrays"] = {k: v.numpy() for k, v in data["arrays"].items()}
+    data["strategy"] = {k: v.numpy() for k, v in data["strategy"].items()}
+    data["folder"] = Path(data["folder"])
+    return data
+
+
+def wait_for_nodes(grid: Grid, needed: int, timeout: float) -> list[int]:
+    """Node ids once at least ``needed`` are connected.
+
+    Raises:
+        FederationError: fewer connected within ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= needed:
+            return nodes
+        if time.monotonic() >= deadline:
+            raise FederationError(
+                f"only {len(nodes)} sites connected within {timeout:.0f} s; "
+                f"federation.min_sites is {needed}"
+            )
+        time.sleep(1.0)
+
+
+def query_sites(grid: Grid, config: Config, nodes: list[int]) -> list[SiteInfo]:
+    """Ask every node what it holds; admit those whose model matches and hold a task.
+
+    Raises:
+        FederationError: fewer than ``min_sites`` sites can be admitted (each refusal named).
+    """
+    federation = config.federation
+    signature = model_signature(build_model(config))
+    messages = [
+        Message(
+            RecordDict({"config": ConfigRecord({"federation": federation.id})}),
+            message_type=MessageType.QUERY,
+            dst_node_id=node,
+        )
+        for node in nodes
+    ]
+    replies = list(grid.send_and_receive(messages, timeout=federation.round_timeout))
+    admitted, refused = [], {}
+    for reply in replies:
+        node = reply.metadata.src_node_id
+        if reply.has_error():
+            refused[node] = f"query failed at the site: {reply.error.reason}"
+            continue
+        site = reply.content.config_records["site"]
+        counts = reply.content.metric_records.get("counts", {})
+        name = str(site["site"])
+        difference = signature_difference(signature, list(site["model-keys"]))
+        if difference:
+            refused[node] = (
+                f"site {name!r} builds a different model (signature {site['model-signature']} "
+                f"vs {signature_digest(signature)}; site code {site['code-version']}): "
+                f"{difference}"
+            )
+            continue
+        tasks = list(site["tasks"])
+        if not tasks:
+            refused[node] = (
+                f"site {name!r} holds labels for none of the federation's tasks "
+                f"{[t.name for t in config.tasks]}"
+            )
+            continue
+        labelled = {k.removeprefix("labelled."): int(v) for k, v in counts.items()}
+        admitted.append(SiteInfo(node, name, tasks, labelled, str(site["code-version"])))
+    silent = sorted(set(nodes) - {r.metadata.src_node_id for r in replies})
+    for node in silent:
+        refused[node] = f"no answer to the query within {federation.round_timeout:.0f} s"
+    for node, reason in refused.items():
+        logger.error("node %d refused: %s", node, reason)
+    if len(admitted) < federation.min_sites:
+        raise FederationError(
+            f"{len(admitted)} sites admitted, federation.min_sites is {federation.min_sites}; "
+            f"refused: {refused or 'none'}"
+        )
+    return admitted
+
+
+def _reply_metrics(reply: Message) -> dict[str, float]:
+    records = reply.content.metric_records
+    return {
+        k: float(v)
+        for record in records.values()
+        for k, v in record.items()
+        if isinstance(v, (int, float))
+    }
+
+
+def _ok(
+    replies: list[Message],
+    sent: set[int],
+    min_sites: int,
+    names: Mapping[int, str],
+    phase: str,
+    server_round: int,
+) -> list[Message]:
+    """Replies without error; raises when fewer than ``min_sites`` came back."""
+    good = [r for r in replies if not r.has_error()]
+    for reply in replies:
+        if reply.has_error():
+            logger.warning(
+                "%s round %d: site %s failed: %s",
+                phase,
+                server_round,
+                names.get(reply.metadata.src_node_id),
+                reply.error.reason,
+            )
+    if len(good) < min_sites:
+        answered = {r.metadata.src_node_id for r in good}
+        missing = sorted(names.get(n, str(n)) for n in sent - answered)
+        raise FederationError(
+            f"{phase} round {server_round}: {len(good)} of {len(sent)} sites replied, "
+            f"federation.min_sites is {min_sites}; missing or failed: {missing}"
+        )
+    return good
+
+
+def run_federation(grid: Grid, config: Config, resume: bool = False) -> FederationResult:
+    """Run (or resume) the federated training a config describes.
+
+    Args:
+        grid: Flower's grid of connected sites.
+        config: the coordinator's config; ``federation`` must be set.
+        resume: continue from ``<output_dir>/<federation id>/server-state.pt``.
+
+    Raises:
+        FederationError: too few sites, a lost quorum, or nothing to resume.
+    """
+    federation = config.federation
+    console = Console()
+    base = config.experiment.output_dir / federation.id
+    state_path = base / STATE_NAME
+    model = build_model(config)
+    strategy = build_strategy(federation, seed=config.experiment.seed)
+    all_groups = parameter_groups(model)
+    groups = travelling_groups(list(all_groups), federation.heads)
+    state = model.state_dict()
+    keys = [k for g, ks in all_groups.items() if g in groups for k in ks]
+    arrays = {k: state[k].numpy() for k in keys}
+    first = 1
+    if resume:
+        if not state_path.is_file():
+            raise FederationError(f"nothing to resume: {state_path} does not exist")
+        saved = load_state(state_path)
+        arrays, first, folder = saved["arrays"], saved["round"] + 1, saved["folder"]
+        strategy.load_state_dict(saved["strategy"])
+        console.print(f"resuming federation {federation.id} after round {saved['round']}")
+    else:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        folder = base / f"run-{stamp}"
+        folder.mkdir(parents=True, exist_ok=True)
+    nodes = wait_for_nodes(grid, federation.min_sites, federation.round_timeout)
+    sites = query_sites(grid, config, nodes)
+    names = {s.node_id: s.name for s in sites}
+    admitted = AdmittedGrid(grid, names)
+    console.print(
+        f"[bold]federation {federation.id}[/bold]: {len(sites)} sites "
+        + ", ".join(f"{s.name} {s.tasks}" for s in sites)
+    )
+    log = RunLog(folder, tensorboard=True)
+    try:
+        for server_round in range(first, federation.rounds + 1):
+            arrays = _one_round(
+                server_round, arrays, strategy, admitted, config, names, log, console
+            )
+            _save_state(
+                state_path,
+                {
+                    "round": server_round,
+                    "seed": config.experiment.seed,
+                    "folder": folder,
+                    "arrays": arrays,
+                    "strategy": strategy.state_dict(),
+                },
+            )
+    finally:
+        log.close()
+    final = model.state_dict()
+    for key, value in arrays.items():
+        final[key] = torch.from_numpy(np.array(value))
+    model.load_state_dict(final)
+    note = (
+        "federated heads"
+        if federation.heads == "federated"
+        else (
+            "heads are local to each site: this model's heads are untrained; each site's "
+            "personalised model is <state dir>/<federation id>/<site>/model.pt"
+        )
+    )
+    save_checkpoint(
+        folder / "global_model.pt",
+        model,
+        config,
+        {},
+        {"rounds": federation.rounds, "heads": federation.heads, "note": note},
+    )
+    write_federated_report(folder, config, [s.__dict__ for s in sites])
+    console.print(f"run folder: {folder}")
+    return FederationResult(folder, federation.rounds, arrays, sites)
+
+
+def _one_round(
+    server_round: int,
+    arrays: dict[str, np.ndarray],
+    strategy: Any,
+    grid: AdmittedGrid,
+    config: Config,
+    names: Mapping[int, str],
+    log: RunLog,
+    console: Console,
+) -> dict[str, np.ndarray]:
+    federation = config.federation
+    start = time.perf_counter()
+    record = groups_to_arrayrecord(split_groups(arrays))
+    sent_bytes = record.count_bytes()
+    messages = list(strategy.configure_train(server_round, record, ConfigRecord(), grid))
+    sent = {m.metadata.dst_node_id for m in messages}
+    replies = list(grid.send_and_receive(messages, timeout=federation.round_timeout))
+    good = _ok(replies, sent, federation.min_sites, names, "train", server_round)
+    train_seconds = 0.0
+    for reply in good:
+        site = names.get(reply.metadata.src_node_id, str(reply.metadata.src_node_id))
+        metrics = _reply_metrics(reply)
+        received = sum(r.count_bytes() for r in reply.content.array_records.values())
+        train_seconds += metrics.get("train-seconds", 0.0)
+        log.log(
+            server_round,
+            f"train/{site}",
+            metrics | {"bytes-sent": float(sent_bytes), "bytes-received": float(received)},
+        )
+    new_record, _ = strategy.aggregate_train(server_round, good)
+    report = strategy.last_round
+    for node, problems in report.rejected.items():
+        console.print(
+            f"[red]round {server_round}: reply of {names.get(node, node)} rejected: "
+            f"{'; '.join(f'{p.key}: {p.reason}' for p in problems)}[/red]"
+        )
+    if new_record is None:
+        raise FederationError(f"round {server_round}: no usable reply; see the log")
+    arrays = _record_to_numpy(new_record)
+    train_wall = time.perf_counter() - start
+    eval_messages = list(
+        strategy.configure_evaluate(
+            server_round, new_record, ConfigRecord({"split": "validation"}), grid
+        )
+    )
+    eval_sent = {m.metadata.dst_node_id for m in eval_messages}
+    eval_replies = list(grid.send_and_receive(eval_messages, timeout=federation.round_timeout))
+    eval_good = _ok(eval_replies, eval_sent, federation.min_sites, names, "evaluate", server_round)
+    summary = []
+    for reply in eval_good:
+        site = names.get(reply.metadata.src_node_id, str(reply.metadata.src_node_id))
+        metrics = _reply_metrics(reply)
+        log.log(server_round, f"validation/{site}", metrics)
+        primaries = [f"{t.name}.{t.primary_metric}" for t in config.tasks]
+        shown = {k.split(".")[0]: round(metrics[k], 3) for k in primaries if k in metrics}
+        summary.append(f"{site} {shown}")
+    aggregated = strategy.aggregate_evaluate(server_round, eval_good)
+    if aggregated is not None:
+        log.log(
+            server_round,
+            "validation/all",
+            {k: float(v) for k, v in aggregated.items() if isinstance(v, (int, float))},
+        )
+    log.log(
+        server_round,
+        "round",
+        {
+            "wall-seconds": time.perf_counter() - start,
+            "train-wall-seconds": train_wall,
+            "site-train-seconds": train_seconds,
+        },
+    )
+    console.print(
+        f"round {server_round}/{federation.rounds} "
+        f"({time.perf_counter() - start:.1f} s): " + "; ".join(summary)
+    )
+    return arrays

@@ -1,0 +1,259 @@
+"""Run a whole federation on this machine with Flower's simulation engine, and clean up.
+
+    python -m server.simulate --config configs/demo.yaml
+
+Starts a private SuperLink in simulation mode (own ``FLWR_HOME``, free ports on 127.0.0.1,
+telemetry, update checks and runtime dependency installation off), submits the app with
+``flwr run`` pointing at the YAML, streams its log, checks that the run really completed
+(``flwr run --stream`` exits 0 even when the run failed), and stops the SuperLink it started by
+its PID, also on failure or Ctrl-C. ``flwr run .`` from the project root works as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ctan.config import load_config
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CONNECTION = "simulation"
+FINISHED = "finished"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def flower_env(home: Path) -> dict[str, str]:
+    """The environment for every Flower process of this simulation."""
+    env = os.environ.copy()
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.update(
+        FLWR_HOME=str(home),
+        FLWR_TELEMETRY_ENABLED="0",
+        FLWR_DISABLE_UPDATE_CHECK="1",
+        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+    )
+    return env
+
+
+def _bin(name: str) -> str:
+    local = Path(sys.executable).parent / name
+    return str(local) if local.exists() else name
+
+
+def start_superlink(home: Path, port: int) -> subprocess.Popen:
+    """Start a simulation SuperLink; returns once its HTTP API answers (or raises)."""
+    log_file = home / "superlink.log"
+    command = [
+        _bin("flower-superlink"),
+        "--insecure",
+        "--simulation",
+        "--isolation",
+        "subprocess",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--database",
+        str(home / "state.db"),
+        "--log-file",
+        str(log_file),
+        "--disable-runtime-dependency-installation",
+    ]
+    process = subprocess.Popen(
+        command,
+        env=flower_env(home),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"the SuperLink exited with code {process.returncode}; see {log_file}"
+            )
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return process
+        time.sleep(0.3)
+    stop(process)
+    raise RuntimeError(f"the SuperLink did not start within 60 s; see {log_file}")
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Stop a process group started here: SIGTERM, then SIGKILL after 10 s."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def write_connection(home: Path, port: int) -> None:
+    """``$FLWR_HOME/config.toml`` naming this SuperLink as the default connection."""
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "{CONNECTION}"\n\n'
+        f'[superlink.{CONNECTION}]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
+    )
+
+
+def run_status(home: Path, run_id: int) -> dict:
+    """``flwr ls --run-id`` as a dict (status fields as Flower reports them)."""
+    result = subprocess.run(
+        [_bin("flwr"), "ls", CONNECTION, "--run-id", str(run_id), "--format", "json"],
+        env=flower_env(home),
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=PROJECT_ROOT,
+    )
+    try:
+        payload = json.loads(result.stdout)
+    except json.JSONDecodeError as err:
+        raise RuntimeError(f"flwr ls gave no JSON: {result.stdout} {result.stderr}") from err
+    runs = payload.get("runs", [])
+    return runs[0] if runs else payload
+
+
+def simulate(
+    config_path: Path,
+    rounds: int,
+    output_dir: Path | None,
+    state_dir: Path | None,
+    resume: bool,
+    keep_home: bool,
+) -> int:
+    """Run the simulation; returns 0 when the run completed, 1 otherwise."""
+    config = load_config(config_path)
+    if config.federation is None or not config.federation.sites:
+        raise ValueError(f"{config_path} needs a federation section with sites to simulate")
+    home = Path(tempfile.mkdtemp(prefix="ctan-flwr-home-"))
+    port = free_port()
+    write_connection(home, port)
+    run_config = {"config": str(config_path.resolve()), "resume": resume}
+    if rounds:
+        run_config["rounds"] = rounds
+    if output_dir is not None:
+        run_config["output-dir"] = str(output_dir.resolve())
+    if state_dir is not None:
+        run_config["state-dir"] = str(state_dir.resolve())
+    overrides = " ".join(
+        f"{k}={json.dumps(v) if isinstance(v, str) else str(v).lower()}"
+        for k, v in run_config.items()
+    )
+    sites = len(config.federation.sites)
+    cpus = max(1, (os.cpu_count() or 1) // sites)
+    print(f"simulating {sites} sites; private FLWR_HOME {home}, SuperLink on 127.0.0.1:{port}")
+    superlink = start_superlink(home, port)
+    try:
+        submitted = subprocess.run(
+            [
+                _bin("flwr"),
+                "run",
+                str(PROJECT_ROOT),
+                CONNECTION,
+                "--run-config",
+                overrides,
+                "--federation-config",
+                f"num-supernodes={sites} client-resources-num-cpus={cpus}",
+                "--format",
+                "json",
+            ],
+            env=flower_env(home),
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=PROJECT_ROOT,
+        )
+        try:
+            run_id = int(json.loads(submitted.stdout)["run-id"])
+        except (json.JSONDecodeError, KeyError, ValueError) as err:
+            raise RuntimeError(
+                f"flwr run failed: {submitted.stdout.strip()} {submitted.stderr.strip()}"
+            ) from err
+        print(f"run {run_id} submitted; streaming its log")
+        subprocess.run(
+            [_bin("flwr"), "log", str(run_id), CONNECTION, "--stream"],
+            env=flower_env(home),
+            check=False,
+            cwd=PROJECT_ROOT,
+        )
+        status = run_status(home, run_id)
+        deadline = time.monotonic() + 60
+        while FINISHED not in str(status.get("status", "")) and time.monotonic() < deadline:
+            time.sleep(1)
+            status = run_status(home, run_id)
+        text = str(status.get("status", status))
+        if "completed" in text and "failed" not in text:
+            print(f"run {run_id} completed")
+            return 0
+        print(
+            f"run {run_id} did not complete: {text}; SuperLink log: {home / 'superlink.log'}",
+            file=sys.stderr,
+        )
+        keep_home = True
+        return 1
+    finally:
+        stop(superlink)
+        if not keep_home:
+            shutil.rmtree(home, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m server.simulate",
+        description="Simulate a whole federation on this machine with Flower's simulation engine.",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=PROJECT_ROOT / "configs" / "demo.yaml",
+        help="experiment YAML with a federation section (default: the demo)",
+    )
+    parser.add_argument("--rounds", type=int, default=0, help="override federation.rounds")
+    parser.add_argument("--output-dir", type=Path, help="override experiment.output_dir")
+    parser.add_argument(
+        "--state-dir", type=Path, help="site state folder (default: <output_dir>/site-state)"
+    )
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    parser.add_argument(
+        "--keep-flwr-home",
+        action="store_true",
+        help="keep the private FLWR_HOME (logs) after a successful run",
+    )
+    args = parser.parse_args(argv)
+    try:
+        return simulate(
+            args.config,
+            args.rounds,
+            args.output_dir,
+            args.state_dir,
+            args.resume,
+            args.keep_flwr_home,
+        )
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        print(f"simulate: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
