@@ -1,4 +1,4 @@
-"""Small phantom data sets shared by the engine, training and prediction tests."""
+"""Fixtures shared across the test folders: small phantom data sets."""
 
 from __future__ import annotations
 

@@ -1,0 +1,143 @@
+"""A site's rounds without Flower: what it trains, sends, keeps and restores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from factories import derm_config
+
+from ctan.config import load_config
+from ctan.federation import (
+    config_from_run_config,
+    simulated_site,
+    simulated_site_cases,
+    site_from_node_config,
+)
+from ctan.models import build_model, parameter_groups
+from ctan.site import SiteRunner, model_signature, signature_difference
+
+
+def federated_config(root: Path, tmp: Path, arch: str = "ctan"):
+    config = derm_config(root, tmp, arch)
+    raw = config.model_dump(mode="json")
+    raw["train"]["epochs"] = 1
+    raw["federation"] = {
+        "id": "test-fed",
+        "rounds": 2,
+        "min_sites": 2,
+        "partition": {"method": "iid", "num_sites": 3},
+        "sites": [
+            {"name": "a", "tasks": ["lesion", "diagnosis"]},
+            {"name": "b", "tasks": ["lesion"]},
+            {"name": "c", "tasks": ["diagnosis"]},
+        ],
+    }
+    return load_config(raw)
+
+
+def travelling(config) -> dict[str, np.ndarray]:
+    model = build_model(config)
+    state = model.state_dict()
+    groups = parameter_groups(model)
+    return {
+        k: state[k].numpy() for g, ks in groups.items() if not g.startswith("heads.") for k in ks
+    }
+
+
+@pytest.fixture
+def fed(ham_phantom: Path, tmp_path: Path):
+    return federated_config(ham_phantom, tmp_path)
+
+
+def runner(config, index: int, tmp: Path) -> SiteRunner:
+    site = simulated_site(config, index, tmp / "state")
+    return SiteRunner(config, site, simulated_site_cases(config, site.name))
+
+
+def test_simulated_sites_hold_only_their_labels(fed, tmp_path):
+    b = simulated_site_cases(fed, "b")
+    assert b and not any(c.has_label("diagnosis") for c in b)
+    assert any(c.has_label("lesion") for c in b)
+    with pytest.raises(ValueError, match="partition-id 3 has no site"):
+        simulated_site(fed, 3, tmp_path)
+
+
+def test_site_sends_exactly_the_groups_it_trained(fed, tmp_path):
+    site = runner(fed, 1, tmp_path)
+    arrays = travelling(fed)
+    output = site.train_round(1, arrays)
+    assert output.groups == ["encoder", "task.lesion"]
+    model = build_model(fed)
+    groups = parameter_groups(model)
+    assert sorted(output.arrays) == sorted(groups["encoder"] + groups["task.lesion"])
+    assert not any(k.startswith("heads.") for k in output.arrays)
+    assert output.counts["task.diagnosis"] == 0 and output.counts["task.lesion"] > 0
+    changed = [k for k in output.arrays if not np.array_equal(output.arrays[k], arrays[k])]
+    assert changed
+    log = (site.folder / "payloads.jsonl").read_text().splitlines()
+    assert '"groups": ["encoder", "task.lesion"]' in log[-1]
+
+
+def test_site_state_is_versioned_by_round_and_restored(fed, tmp_path):
+    site = runner(fed, 0, tmp_path)
+    arrays = travelling(fed)
+    site.train_round(1, arrays)
+    first = torch.load(site.folder / "round-0001.pt", weights_only=True)
+    site.train_round(2, arrays)
+    second = torch.load(site.folder / "round-0002.pt", weights_only=True)
+    key = next(k for k in first["local"] if k.startswith("heads.lesion"))
+    assert not torch.equal(first["local"][key], second["local"][key])
+    restarted = runner(fed, 0, tmp_path)
+    round_, state = restarted.latest_state(before=2)
+    assert round_ == 1 and torch.equal(state["local"][key], first["local"][key])
+    metrics, counts = restarted.evaluate_round(2, arrays)
+    assert "lesion.dice" in metrics and counts["lesion"] > 0
+    assert (site.folder / "model.pt").is_file()
+
+
+def test_describe_and_signature(fed, tmp_path):
+    info = runner(fed, 2, tmp_path).describe()
+    assert info["tasks"] == ["diagnosis"] and info["labelled"]["diagnosis"] > 0
+    ours = model_signature(build_model(fed))
+    assert info["model-keys"] == ours
+    other = model_signature(build_model(federated_config(tmp_path, tmp_path, "hps")))
+    assert "differ or are missing" in signature_difference(ours, other)
+    assert signature_difference(ours, ours) == ""
+
+
+def test_site_with_unknown_tasks_is_refused(fed, tmp_path):
+    site = simulated_site(fed, 0, tmp_path)
+    wrong = site.__class__(site.name, ("dose",), tmp_path)
+    with pytest.raises(ValueError, match="must hold at least one of them and no others"):
+        SiteRunner(fed, wrong, [])
+
+
+def test_node_config_of_a_hospital(fed, tmp_path):
+    node = {
+        "site": "h1",
+        "tasks": "lesion, diagnosis",
+        "data-format": "ham10000",
+        "data-root": str(tmp_path),
+        "state-dir": str(tmp_path / "s"),
+        "privacy-epsilon": 8.0,
+    }
+    site = site_from_node_config(node, fed)
+    assert site.tasks == ("lesion", "diagnosis") and site.privacy.target_epsilon == 8.0
+    assert site.data.root == tmp_path
+    with pytest.raises(ValueError, match=r"node config lacks \['data-root'\]"):
+        site_from_node_config({k: v for k, v in node.items() if k != "data-root"}, fed)
+    with pytest.raises(ValueError, match="unknown node config keys"):
+        site_from_node_config({**node, "colour": "red"}, fed)
+
+
+def test_run_config_overrides(tmp_path):
+    root = Path(__file__).resolve().parents[2]
+    config = config_from_run_config(
+        {"config": "configs/demo.yaml", "rounds": 7, "output-dir": str(tmp_path)}, root
+    )
+    assert config.federation.rounds == 7 and config.experiment.output_dir == tmp_path
+    with pytest.raises(ValueError, match="unknown run config keys"):
+        config_from_run_config({"config": "configs/demo.yaml", "round": 1}, root)
