@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Coordinator: list the registered SuperNodes and whether they are online.
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "${HERE}/deploy_common.sh"
+
+usage() {
+    cat <<USAGE
+Usage: $(basename "$0") [--home DIR] [--json]
+
+List the SuperNodes registered with the SuperLink and their status
+("flwr supernode list fedctan").
+
+  --home DIR    coordinator folder (default ./coordinator)
+  --json        machine-readable output
+USAGE
+}
+
+HOME_ARG="coordinator"
+FORMAT=()
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --home) HOME_ARG="${2:?--home needs a folder}"; shift 2 ;;
+        --json) FORMAT=(--format json); shift ;;
+        -h | --help) usage; exit 0 ;;
+        *) die "unknown argument '$1' (see --help)" ;;
+    esac
+done
+coordinator_paths "${HOME_ARG}"
+flower_offline_env
+FLWR_HOME="${CLI_HOME}" "$(flower_bin flwr)" supernode list "${FORMAT[@]}" "${CONNECTION}"
