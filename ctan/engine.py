@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from ctan.config import TrainConfig
 from ctan.losses import build_task_loss, labelled_counts, task_losses
 from ctan.metrics import MetricSuite
-from ctan.tasks import TaskSpec
+from ctan.tasks import METRICS, TaskSpec
 from ctan.weighting import build_weighting
 
 logger = logging.getLogger(__name__)
@@ -196,6 +196,10 @@ class TaskTrainer:
         self.train_config = train
         self.companions = dict(companions or {})
         self.show_progress = show_progress
+        self._batch_metric_tasks = [
+            t.model_copy(update={"metrics": [m for m in t.metrics if METRICS[m].per_batch]})
+            for t in self.tasks
+        ]
         weights = class_weights or {}
         self.losses = {
             t.name: build_task_loss(t, weights.get(t.name)).to(self.device) for t in self.tasks
@@ -271,9 +275,13 @@ class TaskTrainer:
 
     @torch.no_grad()
     def evaluate(self, loader: DataLoader) -> Evaluation:
-        """Metrics and losses of the model on ``loader`` (no augmentation, no gradients)."""
+        """Metrics and losses of the model on ``loader`` (no augmentation, no gradients).
+
+        Metrics that are not computed per batch (``METRICS[m].per_batch`` false, e.g. the
+        OpenKBP DVH score) are left to the caller: see :func:`ctan.prediction.evaluate_cases`.
+        """
         self.model.eval()
-        suite = MetricSuite(self.tasks, self.companions)
+        suite = MetricSuite(self._batch_metric_tasks, self.companions)
         loss_sums = dict.fromkeys(self.losses, 0.0)
         labelled_total = dict.fromkeys(self.losses, 0)
         samples = 0

@@ -562,7 +562,7 @@ class TaskMetrics:
         if "dose_score" in self._items:
             scores = [
                 dose_score(target[b, 0].numpy(), prediction[b, 0].numpy(), weight[b, 0].numpy())
-                if mask[b, 0] > 0
+                if mask[b, 0] > 0 and weight[b, 0].any()
                 else math.nan
                 for b in range(prediction.shape[0])
             ]

@@ -153,9 +153,11 @@ def assemble_patients(
 ) -> dict[str, tuple[Path, dict[str, np.ndarray]]]:
     """Per OpenKBP patient, its folder and each task's first output channel on the native grid.
 
-    2D slice predictions are stacked along the slice axis in slice order before mapping back.
+    2D slice predictions are stacked along the slice axis in slice order before mapping back;
+    dose is clipped at 0 and zeroed outside the patient's possible-dose mask, as the official
+    baseline does before writing a submission.
     """
-    from ctan.data.openkbp import to_native
+    from ctan.data.openkbp import GRID, ROI_KEY, read_sparse, to_native
 
     slices: dict[str, list[Case]] = defaultdict(list)
     for case in cases:
@@ -165,13 +167,17 @@ def assemble_patients(
         members.sort(key=lambda c: c.meta.get("slice", 0))
         box = members[0].meta["crop_box"]
         folder = Path(members[0].files["ct"]).parent
+        mask_index, _ = read_sparse(folder / f"{ROI_KEY}.csv", values=False)
+        possible = np.zeros(GRID**3, dtype=np.float32)
+        possible[mask_index] = 1.0
+        possible = possible.reshape((GRID,) * 3)
         by_task = {}
         for task in tasks:
             if "slice" in members[0].meta:
                 volume = np.stack([predictions[c.case_id][task][0] for c in members], axis=-1)
             else:
                 volume = predictions[members[0].case_id][task][0]
-            by_task[task] = np.clip(to_native(volume, box), 0.0, None)
+            by_task[task] = np.clip(to_native(volume, box), 0.0, None) * possible
         out[patient] = (folder, by_task)
     return out
 

@@ -32,10 +32,13 @@ class MetricInfo:
     Attributes:
         kinds: task kinds the metric applies to.
         higher_is_better: direction used by Δm (sign − where lower is better).
+        per_batch: computed from batches on the model grid; ``False`` for metrics that the data
+            format computes on the native grid after mapping predictions back (OpenKBP DVH).
     """
 
     kinds: tuple[str, ...]
     higher_is_better: bool
+    per_batch: bool = True
 
 
 METRICS: dict[str, MetricInfo] = {
@@ -44,14 +47,14 @@ METRICS: dict[str, MetricInfo] = {
     "mae": MetricInfo(("regression",), False),
     "mse": MetricInfo(("regression",), False),
     "dose_score": MetricInfo(("regression",), False),
-    "dvh_score": MetricInfo(("regression",), False),
+    "dvh_score": MetricInfo(("regression",), False, per_batch=False),
     "accuracy": MetricInfo(("classification",), True),
     "balanced_accuracy": MetricInfo(("classification",), True),
     "auc": MetricInfo(("classification",), True),
     "severity_auc": MetricInfo(("classification",), True),
 }
 
-COMPANION_METRICS: tuple[str, ...] = ("severity_auc", "dvh_score")
+COMPANION_METRICS: tuple[str, ...] = ("severity_auc",)
 
 DEFAULT_METRICS: dict[str, list[str]] = {
     "segmentation": ["dice"],
@@ -74,8 +77,7 @@ class TaskSpec(BaseModel):
         metrics: metric names, the primary one first (defaults depend on ``kind``).
         label: the data field this task is trained on; defaults to ``name``.
         companion: the label key a metric needs besides the task's own: the COVID label whose
-            positive cases ``severity_auc`` is restricted to, or the structure masks of
-            ``dvh_score``. Required by those metrics.
+            positive cases ``severity_auc`` is restricted to. Required by that metric.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -122,8 +124,8 @@ class TaskSpec(BaseModel):
         needs = [m for m in metrics if m in COMPANION_METRICS]
         if needs and self.companion is None:
             raise ValueError(
-                f"metrics {needs} need a companion label (the COVID label for severity_auc, the "
-                "structure masks for dvh_score); set companion: <label key>"
+                f"metrics {needs} need a companion label (the COVID label whose positive cases "
+                "severity_auc is restricted to); set companion: <label key>"
             )
         if len(set(metrics)) != len(metrics):
             raise ValueError(f"metrics {metrics} lists a metric twice")

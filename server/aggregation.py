@@ -310,8 +310,9 @@ def aggregate_metrics(
     Count keys (``count_key`` and ``count_key.<group>``) are summed. A metric named
     ``<task>.<name>`` is averaged over the sites reporting it, weighted by their
     ``count_key.task.<task>`` when every one of them reports it, otherwise by ``count_key``
-    (or equally if that is missing too). List-valued metrics are averaged element-wise when
-    the lengths agree and dropped otherwise (logged).
+    (or equally if that is missing too); a site whose value is NaN (e.g. an AUC on a split
+    holding one class) is left out of that metric's mean. List-valued metrics are averaged
+    element-wise when the lengths agree and dropped otherwise (logged).
 
     Args:
         metrics: one mapping per accepted reply.
@@ -327,12 +328,19 @@ def aggregate_metrics(
         if key == count_key or key.startswith(f"{count_key}."):
             combined[key] = float(sum(_as_number(m[key]) for m in reporting))
             continue
-        weights = _metric_weights(reporting, key, count_key)
         try:
             stacked = np.array([m[key] for m in reporting], dtype=np.float64)
         except ValueError:
             logger.warning("metric %s dropped: list lengths differ between sites", key)
             continue
+        if stacked.ndim == 1:
+            defined = ~np.isnan(stacked)
+            if not defined.any():
+                combined[key] = float("nan")
+                continue
+            reporting = [m for m, ok in zip(reporting, defined, strict=True) if ok]
+            stacked = stacked[defined]
+        weights = _metric_weights(reporting, key, count_key)
         mean = np.tensordot(weights / weights.sum(), stacked, axes=1)
         combined[key] = mean.tolist() if stacked.ndim > 1 else float(mean)
     return combined

@@ -273,3 +273,15 @@ def test_metrics_with_different_keys_per_site() -> None:
     assert out["b.auc"] == pytest.approx((2 * 1.0 + 8 * 0.5) / 10)
     assert out["loss"] == pytest.approx((10 + 60 + 24) / 48)
     assert out["curve"] == [1.0, 2.0]
+
+
+def test_undefined_site_metric_is_left_out_of_the_mean():
+    combined = aggregate_metrics(
+        [
+            {"num-examples.task.dx": 10, "dx.auc": float("nan")},
+            {"num-examples.task.dx": 30, "dx.auc": 0.8},
+            {"num-examples.task.dx": 10, "dx.auc": 0.6},
+        ]
+    )
+    assert combined["dx.auc"] == pytest.approx((30 * 0.8 + 10 * 0.6) / 40)
+    assert np.isnan(aggregate_metrics([{"dx.auc": float("nan")}])["dx.auc"])

@@ -1,0 +1,75 @@
+"""OpenKBP prediction and scoring on the native 128^3 grid, on phantom patients."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ctan.checkpoint import save_checkpoint
+from ctan.config import load_config
+from ctan.data.dataset import build_cases
+from ctan.data.openkbp import read_sparse
+from ctan.data.phantoms import write_phantoms
+from ctan.engine import TaskTrainer
+from ctan.models import build_model
+from ctan.prediction import evaluate_cases, predict_to_folder
+
+
+@pytest.fixture(scope="module")
+def kbp(tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("kbp")
+    root = write_phantoms("openkbp", tmp / "provided-data", cases=2, sites=1, seed=0)
+    config = load_config(
+        {
+            "model": {
+                "arch": "hps",
+                "spatial_dims": 2,
+                "in_channels": 4,
+                "image_size": [16, 16],
+                "widths": [8, 16],
+            },
+            "tasks": [
+                {
+                    "name": "dose",
+                    "kind": "regression",
+                    "classes": 1,
+                    "metrics": ["dose_score", "dvh_score"],
+                },
+                {"name": "organs", "kind": "segmentation", "classes": 7, "exclusive": False},
+            ],
+            "data": {"format": "openkbp", "root": str(root), "cache_dir": str(tmp / "cache")},
+            "train": {"batch_size": 16},
+        }
+    )
+    return config, root, tmp
+
+
+def test_native_scores_replace_model_grid_values(kbp):
+    config, _, _ = kbp
+    cases = list(build_cases(config))
+    trainer = TaskTrainer(build_model(config), config.tasks, config.train)
+    evaluation = evaluate_cases(trainer, config, cases)
+    dose = evaluation.metrics["dose"]
+    assert list(dose)[:2] == ["dose_score", "dvh_score"]
+    assert np.isfinite(dose["dose_score"]) and dose["dose_score"] > 0
+    assert np.isfinite(dose["dvh_score"]) and dose["dvh_score"] > 0
+
+
+def test_predict_writes_submission_csvs_on_the_native_grid(kbp):
+    config, root, tmp = kbp
+    checkpoint = save_checkpoint(tmp / "model.pt", build_model(config), config)
+    written = predict_to_folder(checkpoint, root, tmp / "out")
+    files = sorted((tmp / "out" / "dose").glob("*.csv"))
+    assert [f.stem for f in files] == ["pt_1", "pt_2"] and set(files) <= set(written)
+    assert files[0].read_text().startswith(",data\n")
+    index, values = read_sparse(files[0], values=True)
+    assert index.max() < 128**3 and np.all(values != 0)
+    mask_index, _ = read_sparse(root / "train-pats" / "pt_1" / "possible_dose_mask.csv", False)
+    assert set(index.tolist()) <= set(mask_index.tolist())
+
+
+def test_predict_refuses_a_missing_input(kbp):
+    config, _, tmp = kbp
+    checkpoint = save_checkpoint(tmp / "m2.pt", build_model(config), config)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        predict_to_folder(checkpoint, tmp / "nowhere", tmp / "o")
