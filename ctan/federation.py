@@ -33,8 +33,8 @@ NODE_CONFIG_KEYS = (
     "data-root",
     "device",
     "state-dir",
-    "privacy-epsilon",
-    "privacy-delta",
+    "target-epsilon",
+    "delta",
     "max-grad-norm",
 )
 
@@ -128,7 +128,7 @@ def site_from_node_config(node_config: Mapping[str, Any], config: Config) -> Sit
 
     Keys (:data:`NODE_CONFIG_KEYS`): ``site``, ``tasks`` (comma-separated), ``data-format``,
     ``data-root`` (absolute), ``device`` (default ``auto``), ``state-dir`` (absolute), and
-    optionally ``privacy-epsilon``, ``privacy-delta``, ``max-grad-norm``. The privacy budget
+    optionally ``target-epsilon``, ``delta``, ``max-grad-norm``. The privacy budget
     always comes from here, never from the coordinator.
 
     Raises:
@@ -157,10 +157,10 @@ def site_from_node_config(node_config: Mapping[str, Any], config: Config) -> Sit
         context={"base_dir": Path("/")},
     )
     privacy = None
-    if "privacy-epsilon" in node_config:
+    if "target-epsilon" in node_config:
         privacy = PrivacyConfig(
-            target_epsilon=float(node_config["privacy-epsilon"]),
-            delta=float(node_config.get("privacy-delta", 1e-5)),
+            target_epsilon=float(node_config["target-epsilon"]),
+            delta=float(node_config.get("delta", 1e-5)),
             max_grad_norm=float(node_config.get("max-grad-norm", 1.0)),
         )
     tasks = tuple(t.strip() for t in str(node_config["tasks"]).split(",") if t.strip())

@@ -122,7 +122,7 @@ def test_node_config_of_a_hospital(fed, tmp_path):
         "data-format": "ham10000",
         "data-root": str(tmp_path),
         "state-dir": str(tmp_path / "s"),
-        "privacy-epsilon": 8.0,
+        "target-epsilon": 8.0,
     }
     site = site_from_node_config(node, fed)
     assert site.tasks == ("lesion", "diagnosis") and site.privacy.target_epsilon == 8.0

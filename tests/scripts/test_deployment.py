@@ -389,3 +389,140 @@ def test_wheelhouse_dry_run_pins_installed_versions(tmp_path: Path) -> None:
     assert "torch==" in result.stdout and "--index-url" in result.stdout
     assert "pip install --no-index --find-links" in result.stdout
     assert not (tmp_path / "wh").exists()
+
+
+APP_FILES = (
+    "ctan",
+    "client",
+    "server",
+    "configs",
+    "pyproject.toml",
+    "LICENSE",
+    "README.md",
+    ".gitignore",
+)
+
+
+def staged_app(tmp_path: Path, federation: dict) -> tuple[Path, Path]:
+    """A coordinator's app folder (this project's code) with its federation YAML inside."""
+    import yaml
+
+    app = tmp_path / "app"
+    app.mkdir(parents=True)
+    for name in APP_FILES:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, app / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, app / name)
+    config = {
+        "experiment": {"name": "tls", "seed": 0},
+        "model": {
+            "arch": "ctan",
+            "spatial_dims": 2,
+            "in_channels": 3,
+            "image_size": [32, 32],
+            "widths": [8, 16, 32],
+        },
+        "tasks": [
+            {"name": "lesion", "kind": "segmentation", "classes": 1},
+            {"name": "diagnosis", "kind": "classification", "classes": 7},
+        ],
+        "data": {
+            "format": "ham10000",
+            "root": "unused-on-the-server",
+            "split": {"validation": 0.25, "test": 0.25},
+        },
+        "train": {"batch_size": 8},
+        "federation": federation,
+    }
+    path = app / "configs" / "tls-test.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return app, path
+
+
+def hospital_args(
+    tmp_path: Path, port: int, ca: Path, key: Path, name: str, tasks: str, seed: int
+) -> list[str]:
+    """Join arguments for a site holding its own phantom HAM10000 data."""
+    from ctan.data.phantoms import write_phantoms
+
+    data = write_phantoms("ham10000", tmp_path / f"data-{name}", cases=20, sites=1, seed=seed)
+    args = site_args(tmp_path, port, ca, key, name)
+    args[args.index("--data-root") + 1] = str(data)
+    args[args.index("--tasks") + 1] = tasks
+    return args
+
+
+@pytest.mark.slow
+@NEEDS_TOOLS
+@NEEDS_FLOWER
+def test_federated_run_over_tls_completes_and_a_lost_quorum_fails(
+    superlink: tuple[Path, int], tmp_path: Path, processes: list[subprocess.Popen]
+) -> None:
+    home, port = superlink
+    ca = tmp_path / "certs" / "ca.crt"
+    keys = {name: make_key(tmp_path, name) for name in ("a", "b")}
+    nodes = {name: register(home, tmp_path, key) for name, key in keys.items()}
+    start_site(
+        processes,
+        tmp_path,
+        "a",
+        *hospital_args(tmp_path, port, ca, keys["a"], "a", "lesion,diagnosis", 1),
+    )
+    start_site(
+        processes, tmp_path, "b", *hospital_args(tmp_path, port, ca, keys["b"], "b", "lesion", 2)
+    )
+    wait_until(
+        lambda: set(node_statuses(home, tmp_path).values()) == {"online"},
+        90,
+        f"sites {sorted(nodes)} online",
+    )
+
+    app, config = staged_app(
+        tmp_path, {"id": "tls-test", "rounds": 2, "min_sites": 2, "round_timeout": 180}
+    )
+    out = tmp_path / "runs"
+    launched = run_script(
+        "launch_run.sh",
+        "--home",
+        str(home),
+        "--app",
+        str(app),
+        "--config",
+        str(config),
+        "--output-dir",
+        str(out),
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert launched.returncode == 0, launched.stdout[-3000:] + launched.stderr[-2000:]
+    assert "finished:completed" in launched.stdout
+    run = next((out / "tls-test").glob("run-*"))
+    rows = (run / "metrics.csv").read_text()
+    assert "train/a,diagnosis.loss" in rows and "train/b,lesion.loss" in rows
+    assert (run / "report.md").is_file() and (run / "global_model.pt").is_file()
+    payloads = (tmp_path / "home-b" / "state" / "tls-test" / "b" / "payloads.jsonl").read_text()
+    assert '"groups": ["encoder", "task.lesion"]' in payloads
+
+    app, config = staged_app(
+        tmp_path / "quorum", {"id": "tls-quorum", "rounds": 1, "min_sites": 3, "round_timeout": 5}
+    )
+    started = time.monotonic()
+    failed = run_script(
+        "launch_run.sh",
+        "--home",
+        str(home),
+        "--app",
+        str(app),
+        "--config",
+        str(config),
+        "--output-dir",
+        str(out),
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert failed.returncode != 0
+    assert "finished:failed" in failed.stdout + failed.stderr
+    assert "only 2 sites connected within 5 s; federation.min_sites is 3" in failed.stdout
+    assert time.monotonic() - started < 240
