@@ -1,0 +1,149 @@
+"""The aggregation, table and docs-section functions of scripts/bench_mtl.py, on synthetic runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from ctan.tasks import TaskSpec
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_mtl.py"
+
+
+def _load() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_mtl", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load()
+
+TASKS = [
+    TaskSpec(name="dose", kind="regression", classes=1, metrics=["mae"]),
+    TaskSpec(name="organs", kind="segmentation", classes=2, exclusive=False, metrics=["dice"]),
+]
+
+
+def _run(arch: str, seed: int, mae: float, dice: float, seconds: float = 1.0) -> dict:
+    return {
+        "arch": arch,
+        "seed": seed,
+        "metrics": {"dose": {"mae": mae}, "organs": {"dice": dice}},
+        "epoch_seconds": [seconds * 3, seconds, seconds * 1.1],
+        "split_sizes": {"train": 10, "validation": 2, "test": 3},
+    }
+
+
+def test_delta_m_sign_for_lower_is_better() -> None:
+    stl = {"dose": {"mae": 2.0}, "organs": {"dice": 0.5}}
+    lower_error = {"dose": {"mae": 1.0}, "organs": {"dice": 0.5}}
+    higher_dice = {"dose": {"mae": 2.0}, "organs": {"dice": 0.6}}
+    assert bench.seed_delta_m(lower_error, stl, TASKS) == pytest.approx(25.0)
+    assert bench.seed_delta_m(higher_dice, stl, TASKS) == pytest.approx(10.0)
+
+
+def test_delta_m_is_nan_where_a_metric_is_undefined() -> None:
+    stl = {"dose": {"mae": 2.0}, "organs": {"dice": 0.5}}
+    assert math.isnan(
+        bench.seed_delta_m({"dose": {"mae": None}, "organs": {"dice": 1}}, stl, TASKS)
+    )
+
+
+def test_summarise_pairs_seeds_with_stl_and_gives_t_interval() -> None:
+    runs = []
+    for seed, gain in enumerate([10.0, 20.0, 30.0]):
+        runs.append(_run("stl", seed, 2.0, 0.5, seconds=2.0))
+        runs.append(_run("hps", seed, 2.0, 0.5 * (1 + gain / 100), seconds=1.0))
+    summary = bench.summarise(runs, TASKS)
+    assert list(summary) == ["stl", "hps"]
+    delta = summary["hps"]["delta_m"]
+    # one task of two gains gain% -> Δm = gain / 2
+    assert delta["values"] == pytest.approx([5.0, 10.0, 15.0])
+    assert delta["mean"] == pytest.approx(10.0)
+    assert delta["ci95"] == pytest.approx(4.303 * 5.0 / math.sqrt(3), rel=1e-3)
+    assert summary["stl"]["delta_m"]["mean"] == pytest.approx(0.0)
+    dice = summary["hps"]["metrics"]["organs"]["dice"]
+    assert dice["mean"] == pytest.approx(0.6) and dice["sd"] == pytest.approx(0.05)
+    assert dice["n"] == 3
+    # fastest epoch of each run, as a ratio to HPS on the same seed
+    assert summary["stl"]["epoch_ratio_to_hps"] == pytest.approx(2.0)
+    assert summary["hps"]["epoch_ratio_to_hps"] == pytest.approx(1.0)
+
+
+def test_summarise_without_stl_run_of_a_seed_leaves_it_out() -> None:
+    runs = [_run("stl", 0, 2.0, 0.5), _run("ctan", 0, 1.0, 0.5), _run("ctan", 1, 1.0, 0.5)]
+    delta = bench.summarise(runs, TASKS)["ctan"]["delta_m"]
+    assert delta["seeds"] == [0]
+    assert delta["mean"] == pytest.approx(25.0) and math.isnan(delta["ci95"])
+    assert math.isnan(bench.summarise(runs, TASKS)["ctan"]["epoch_ratio_to_hps"])
+
+
+def test_render_table_after_json_round_trip() -> None:
+    runs = [_run(a, s, 2.0 - 0.1 * s, 0.5) for s in (0, 1) for a in ("stl", "hps", "ctan")]
+    summary = json.loads(json.dumps(bench.json_safe(bench.summarise(runs, TASKS))))
+    tasks = [{"name": t.name, "metrics": t.metrics} for t in TASKS]
+    table = bench.render_table(summary, tasks).splitlines()
+    assert table[0].startswith("| arch | dose mae ↓ | organs dice ↑ | Δm vs STL")
+    assert len(table) == 2 + 3
+    assert table[2].startswith("| STL | 1.95 ± 0.071 | 0.5 ± 0 |")
+    assert "0 (reference)" in table[2]
+    assert "+0.00 ± 0.00 (n=2)" in table[4]
+
+
+def test_render_table_marks_missing_values() -> None:
+    summary = {
+        "ctan": {
+            "metrics": {
+                "dose": {"mae": {"mean": None, "sd": None, "n": 0}},
+                "organs": {"dice": {"mean": 0.5, "sd": None, "n": 1}},
+            },
+            "delta_m": {"seeds": [], "values": [], "mean": None, "ci95": None},
+            "epoch_ratio_to_hps": None,
+        }
+    }
+    tasks = [{"name": t.name, "metrics": t.metrics} for t in TASKS]
+    assert bench.render_table(summary, tasks).splitlines()[2] == "| CTAN | n/a | 0.5 | n/a | n/a |"
+
+
+def test_json_safe_replaces_non_finite() -> None:
+    assert bench.json_safe({"a": [math.nan, 1.0, (math.inf,)], 2: "x"}) == {
+        "a": [None, 1.0, [None]],
+        "2": "x",
+    }
+
+
+def test_replace_section_keeps_other_sections(tmp_path: Path) -> None:
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text(
+        "# Benchmarks\n\nintro\n<!-- bench_mtl:start -->\nold\n<!-- bench_mtl:end -->\n"
+        "<!-- other:start -->\nkeep\n<!-- other:end -->\n"
+    )
+    updated = bench.replace_section(docs.read_text(), "new table\n", "bench_mtl")
+    assert "old" not in updated and "new table" in updated
+    assert updated.startswith("# Benchmarks\n\nintro\n<!-- bench_mtl:start -->\nnew table\n")
+    assert "<!-- other:start -->\nkeep\n<!-- other:end -->" in updated
+    assert bench.replace_section(updated, "new table", "bench_mtl") == updated
+
+
+def test_replace_section_appends_without_markers_and_refuses_half() -> None:
+    appended = bench.replace_section("# Benchmarks\n", "body", "bench_mtl_quick")
+    assert appended == (
+        "# Benchmarks\n\n<!-- bench_mtl_quick:start -->\nbody\n<!-- bench_mtl_quick:end -->\n"
+    )
+    with pytest.raises(ValueError, match="must both appear"):
+        bench.replace_section("<!-- x:end -->\n<!-- x:start -->", "body", "x")
+
+
+def test_plot_delta_m_writes_png(tmp_path: Path) -> None:
+    runs = [_run(a, s, 2.0 - 0.1 * s * (a == "ctan"), 0.5) for s in (0, 1) for a in bench.ARCHS]
+    suites = {"toy": {"summary": bench.json_safe(bench.summarise(runs, TASKS))}}
+    path = bench.plot_delta_m(suites, tmp_path / "plot.png", target=4.67)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
