@@ -123,6 +123,11 @@ def simulated_site_cases(config: Config, site_name: str) -> list[Case]:
     return held[site_name]
 
 
+def simulated_partition(config: Config) -> dict[str, list[Case]]:
+    """Every simulated site's cases, for a printed table before a run."""
+    return {site.name: simulated_site_cases(config, site.name) for site in config.federation.sites}
+
+
 def site_from_node_config(node_config: Mapping[str, Any], config: Config) -> SiteSettings:
     """A hospital's settings from the node config it joined with.
 

@@ -138,6 +138,13 @@ class SiteRunner:
                 f"site {site.name!r} holds tasks {list(site.tasks)}; the federation's tasks are "
                 f"{known}: a site must hold at least one of them and no others"
             )
+        if site.privacy is not None:
+            raise ValueError(
+                f"site {site.name!r} asks for differential privacy (target epsilon "
+                f"{site.privacy.target_epsilon}), which this version cannot provide yet; it "
+                "refuses to train rather than train without it. Remove the privacy budget to "
+                "join without differential privacy."
+            )
         self.config = config if site.data is None else config.model_copy(update={"data": site.data})
         if self.config.data is None:
             raise ValueError(f"site {site.name!r} has no data: set its data format and root")

@@ -37,6 +37,20 @@ def _run_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_partition(args: argparse.Namespace) -> int:
+    from ctan.config import load_config
+    from ctan.data.partition import format_partition_table
+    from ctan.federation import simulated_partition
+
+    config = load_config(args.config)
+    if config.federation is None or not config.federation.sites:
+        raise ValueError(f"{args.config} has no federation.sites to partition the data into")
+    label = args.label or config.federation.partition.label
+    label_key = config.task(label).label if label else None
+    print(format_partition_table(simulated_partition(config), label_key=label_key))
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``data`` command group to the ``ctan`` parser."""
     data = subparsers.add_parser("data", help="check data, write phantom data sets")
@@ -57,6 +71,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--skip-bad", action="store_true", help="report bad cases and go on instead of stopping"
     )
     check.set_defaults(handler=_run_check)
+
+    partition = commands.add_parser(
+        "partition",
+        help="how a simulated federation splits the data: cases and labels per site",
+        description=(
+            "Partition the config's data into its federation.sites (federation.partition: site, "
+            "iid or dirichlet; labels of tasks a site does not hold removed) and print cases, "
+            "groups and labelled cases per site."
+        ),
+    )
+    partition.add_argument("--config", type=Path, required=True, help="federation YAML")
+    partition.add_argument("--label", help="also count the classes of this task per site")
+    partition.set_defaults(handler=_run_partition)
 
     synth = commands.add_parser(
         "synth",

@@ -141,3 +141,35 @@ def test_run_config_overrides(tmp_path):
     assert config.federation.rounds == 7 and config.experiment.output_dir == tmp_path
     with pytest.raises(ValueError, match="unknown run config keys"):
         config_from_run_config({"config": "configs/demo.yaml", "round": 1}, root)
+
+
+def test_site_without_labels_for_its_tasks_reports_none(fed, tmp_path):
+    site = simulated_site(fed, 2, tmp_path)
+    unlabelled = simulated_site_cases(fed, "b")
+    info = SiteRunner(fed, site, unlabelled).describe()
+    assert info["tasks"] == [] and info["tasks-without-labels"] == ["diagnosis"]
+
+
+def test_site_asking_for_privacy_refuses_to_train_without_it(fed, tmp_path):
+    from ctan.config import PrivacyConfig
+
+    site = simulated_site(fed, 0, tmp_path)
+    private = site.__class__(
+        site.name, site.tasks, tmp_path, privacy=PrivacyConfig(target_epsilon=8.0)
+    )
+    with pytest.raises(ValueError, match="asks for differential privacy"):
+        SiteRunner(fed, private, [])
+
+
+def test_partition_command_prints_sites(fed, tmp_path, capsys):
+    import yaml
+
+    from ctan.cli import main
+
+    path = tmp_path / "fed.yaml"
+    path.write_text(yaml.safe_dump(fed.model_dump(mode="json")))
+    assert main(["data", "partition", "--config", str(path), "--label", "diagnosis"]) == 0
+    out = capsys.readouterr().out
+    assert "cases per site" in out and "diagnosis=missing" in out
+    for site in ("a", "b", "c"):
+        assert f"\n  {site} " in out
