@@ -1,0 +1,204 @@
+"""The pure parts of scripts/bench_federated.py: ratios, site weighting, tables, markers."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_federated.py"
+
+
+def _load() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_federated", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load()
+
+TASKS = [
+    {"name": "dose", "metrics": ["dose_score", "dvh_score"], "higher_is_better": [False, False]},
+    {"name": "organs", "metrics": ["dice"], "higher_is_better": [True]},
+]
+
+
+def _run(variant: str, seed: int, dose: float, dice: float) -> dict:
+    return {
+        "variant": variant,
+        "seed": seed,
+        "metrics": {"dose": {"dose_score": dose, "dvh_score": 2 * dose}, "organs": {"dice": dice}},
+    }
+
+
+def test_oriented_ratio_is_above_one_when_better_in_either_direction():
+    assert bench.oriented_ratio(0.9, 0.6, higher_is_better=True) == pytest.approx(1.5)
+    assert bench.oriented_ratio(2.0, 4.0, higher_is_better=False) == pytest.approx(2.0)
+    assert math.isnan(bench.oriented_ratio(None, 1.0, True))
+    assert math.isnan(bench.oriented_ratio(1.0, 0.0, True))
+    assert math.isnan(bench.oriented_ratio(0.0, 1.0, False))
+
+
+def test_weighted_site_mean_weights_by_labelled_cases_and_skips_missing():
+    sites = {
+        "a": {
+            "metrics": {"organs": {"dice": 0.9}, "dose": {"mae": 1.0}},
+            "labelled": {"organs": 30, "dose": 10},
+        },
+        "b": {
+            "metrics": {"organs": {"dice": 0.5}, "dose": {"mae": math.nan}},
+            "labelled": {"organs": 10, "dose": 10},
+        },
+        "c": {
+            "metrics": {"organs": {"dice": 0.1}, "dose": {"mae": 3.0}},
+            "labelled": {"organs": 0, "dose": 30},
+        },
+    }
+    means = bench.weighted_site_mean(sites)
+    assert means["organs"]["dice"] == pytest.approx((0.9 * 30 + 0.5 * 10) / 40)
+    assert means["dose"]["mae"] == pytest.approx((1.0 * 10 + 3.0 * 30) / 40)
+    empty = bench.weighted_site_mean({"a": {"metrics": {"t": {"m": None}}, "labelled": {"t": 5}}})
+    assert math.isnan(empty["t"]["m"])
+
+
+def test_summary_and_checks_orient_primary_metrics():
+    runs = [
+        _run("centralised-ctan", 0, dose=2.0, dice=0.80),
+        _run("centralised-ctan", 1, dose=2.2, dice=0.82),
+        _run("federated-ctan", 0, dose=2.1, dice=0.79),
+        _run("federated-ctan", 1, dose=2.1, dice=0.79),
+        _run("alone-ctan", 0, dose=3.0, dice=0.60),
+        _run("alone-ctan", 1, dose=3.0, dice=0.60),
+    ]
+    summary = bench.summarise(runs, TASKS)
+    assert list(summary) == ["centralised-ctan", "federated-ctan", "alone-ctan"]
+    assert summary["centralised-ctan"]["dose"]["dose_score"]["mean"] == pytest.approx(2.1)
+    assert summary["federated-ctan"]["organs"]["dice"]["n"] == 2
+    checks = bench.suite_checks(summary, TASKS)
+    assert checks["per_task"]["dose"]["fed_over_central"] == pytest.approx(1.0)
+    assert checks["per_task"]["organs"]["fed_over_central"] == pytest.approx(0.79 / 0.81)
+    assert checks["fed_over_central"] == pytest.approx(0.79 / 0.81)
+    assert checks["fed_over_alone"] == pytest.approx(min(3.0 / 2.1, 0.79 / 0.60))
+    missing = bench.suite_checks(bench.summarise(runs[:2], TASKS), TASKS)
+    assert math.isnan(missing["fed_over_central"])
+
+
+def test_round_overheads_and_summary_count_rounds_with_enough_training():
+    rows = [
+        {"step": "1", "split": "round", "name": "train-wall-seconds", "value": "33"},
+        {"step": "1", "split": "round", "name": "site-train-seconds", "value": "60"},
+        {"step": "1", "split": "train/a", "name": "train-seconds", "value": "30"},
+        {"step": "2", "split": "round", "name": "train-wall-seconds", "value": "11"},
+        {"step": "2", "split": "round", "name": "site-train-seconds", "value": "10"},
+    ]
+    rounds = bench.round_overheads(rows)
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert rounds[0]["ratio"] == pytest.approx(0.55)
+    summary = bench.overhead_summary([{"name": "x", "rounds": rounds}], min_train_seconds=30)
+    assert summary["rounds"] == 1
+    assert summary["ratio"] == pytest.approx(0.55)
+    assert summary["all_rounds_ratio"] == pytest.approx((0.55 + 1.1) / 2)
+    none = bench.overhead_summary([{"name": "x", "rounds": rounds[1:]}], min_train_seconds=30)
+    assert math.isnan(none["ratio"])
+
+
+def test_head_payloads_and_byte_excess():
+    local = [json.dumps({"groups": ["encoder", "task.a"], "bytes": 100}), ""]
+    assert bench.head_payloads(local) == {"groups": [], "bytes": 0}
+    shared = [*local, json.dumps({"groups": ["encoder", "heads.a"], "bytes": 300})]
+    assert bench.head_payloads(shared) == {"groups": ["heads.a"], "bytes": 300}
+    assert bench.byte_excess(1030, 1000) == pytest.approx(0.03)
+    assert bench.byte_excess(970, 1000) == pytest.approx(0.03)
+    assert math.isnan(bench.byte_excess(10, 0))
+
+
+def _report() -> dict:
+    summary = bench.summarise(
+        [_run("centralised-ctan", 0, 2.0, 0.8), _run("federated-ctan", 0, 2.1, 0.78)], TASKS
+    )
+    suite = {
+        "config": "configs/federated/openkbp-iid.yaml",
+        "tasks": TASKS,
+        "sizes": {"spatial_dims": 2, "image_size": [32, 32], "widths": [8, 16], "batch_size": 4},
+        "rounds": 2,
+        "local_epochs": 1,
+        "seeds": [0],
+        "site_sizes": {"site_1": "10/2/3"},
+        "wall_seconds": 60.0,
+        "complete": True,
+        "summary": summary,
+        "checks": bench.suite_checks(summary, TASKS),
+    }
+    return bench.json_safe(
+        {
+            "quick": True,
+            "date": "2026-01-01",
+            "file": "bench_federated_quick.json",
+            "machine": {"device": "cpu", "cpu_count": 2, "torch": "2", "flwr": "1.42.0"},
+            "suites": {"openkbp": suite},
+            "bytes": {
+                "openkbp": {
+                    "site": "site_1",
+                    "groups": ["encoder", "task.dose"],
+                    "raw_bytes": 1000,
+                    "recorddict_bytes": 1010,
+                    "object_bytes": 1040,
+                    "excess": 0.04,
+                }
+            },
+            "heads": {"head_groups": [], "sites_checked": 3, "runs_checked": 1},
+            "overhead": {
+                "ratio": math.nan,
+                "rounds": 0,
+                "all_rounds_ratio": 0.7,
+                "min_train_seconds": 30.0,
+                "concurrency": 2,
+                "deployment": "not measured",
+            },
+        }
+    )
+
+
+def test_table_has_a_row_per_variant_with_direction_arrows():
+    table = bench.render_table(_report()["suites"]["openkbp"])
+    lines = table.splitlines()
+    assert lines[0] == "| variant | dose dose_score ↓ | dose dvh_score ↓ | organs dice ↑ |"
+    assert lines[2].startswith("| centralised-ctan | 2 | 4 | 0.8 |")
+    assert len(lines) == 4
+
+
+def test_section_names_ratios_bytes_heads_and_overhead():
+    section = bench.render_section(_report())
+    assert "#### openkbp" in section
+    assert "worst task): 0.952 (target ≥ 0.97)" in section
+    assert "sites alone: n/a" in section
+    assert "worst excess 4.00%" in section
+    assert "head groups sent: none over 3 site logs" in section
+    assert "= n/a over 0 rounds" in section and "0.7 over all rounds" in section
+
+
+def test_replace_section_keeps_other_sections(tmp_path: Path):
+    path = tmp_path / "benchmarks.md"
+    path.write_text("# Benchmarks\n\n<!-- bench_mtl:start -->\nmtl\n<!-- bench_mtl:end -->\n")
+    text = bench.replace_section(path.read_text(), "first", "bench_federated")
+    text = bench.replace_section(text, "second", "bench_federated")
+    bench.write_text(path, text)
+    written = path.read_text()
+    assert "<!-- bench_mtl:start -->\nmtl\n<!-- bench_mtl:end -->" in written
+    assert "<!-- bench_federated:start -->\nsecond\n<!-- bench_federated:end -->" in written
+    assert "first" not in written
+    with pytest.raises(ValueError, match="must both appear"):
+        bench.replace_section("<!-- bench_federated:start -->", "x", "bench_federated")
+
+
+def test_suites_point_at_federated_configs():
+    for suite in bench.SUITES.values():
+        assert (bench.ROOT / suite.config).is_file()
+        assert suite.config.startswith("configs/federated/")
