@@ -53,6 +53,22 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import torch
+
+from ctan.checkpoint import load_checkpoint
+from ctan.config import Config, load_config
+from ctan.data.base import Case
+from ctan.data.dataset import build_cases, split_cases
+from ctan.metrics import delta_m, delta_m_summary
+from ctan.models import build_model
+from ctan.prediction import NATIVE_DOSE_METRICS, evaluate_cases, trainer_for
+from ctan.tasks import METRICS, TaskSpec
+from ctan.training import train_centralised
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
 DOCS = ROOT / "docs" / "benchmarks.md"
@@ -107,22 +123,20 @@ def mean_sd(values: Sequence[float | None]) -> dict[str, float | int]:
 def seed_delta_m(
     metrics: Mapping[str, Mapping[str, float | None]],
     stl: Mapping[str, Mapping[str, float | None]],
-    tasks: Sequence[Any],
+    tasks: Sequence[TaskSpec],
 ) -> float:
     """Δm (%) of one run against STL on the same seed; NaN where a metric is undefined.
 
     A test split can leave a metric undefined (an AUC over one class), which ``delta_m``
     refuses; the seed then drops out of the interval instead of stopping the benchmark.
     """
-    from ctan.metrics import delta_m
-
     try:
         return delta_m(metrics, stl, tasks)
     except ValueError:
         return math.nan
 
 
-def summarise(runs: Sequence[Mapping[str, Any]], tasks: Sequence[Any]) -> dict[str, Any]:
+def summarise(runs: Sequence[Mapping[str, Any]], tasks: Sequence[TaskSpec]) -> dict[str, Any]:
     """Per architecture: metric mean ± sd, Δm per seed with mean and 95% CI, epoch-time ratio.
 
     Args:
@@ -136,8 +150,6 @@ def summarise(runs: Sequence[Mapping[str, Any]], tasks: Sequence[Any]) -> dict[s
         present, in :data:`ARCHS` order. Δm needs STL's run of the same seed; the epoch ratio
         HPS's.
     """
-    from ctan.metrics import delta_m_summary
-
     by_key = {(r["arch"], r["seed"]): r for r in runs}
     summary: dict[str, Any] = {}
     for arch in [a for a in ARCHS if any(r["arch"] == a for r in runs)]:
@@ -175,8 +187,6 @@ def _number(value: float | None, digits: int = 3) -> str:
 
 
 def _arrow(metric: str) -> str:
-    from ctan.tasks import METRICS
-
     return "↑" if METRICS[metric].higher_is_better else "↓"
 
 
@@ -275,11 +285,6 @@ def replace_section(text: str, body: str, name: str = SECTION) -> str:
 
 def plot_delta_m(suites: Mapping[str, Any], path: Path, target: float | None = None) -> Path:
     """Bars of Δm against STL per suite and architecture, with 95% CI error bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     archs = [a for a in ARCHS if a != "stl"]
     names = list(suites)
     figure, axes = plt.subplots(figsize=(1.8 + 1.9 * len(names), 3.6))
@@ -328,10 +333,8 @@ def write_text(path: Path, text: str) -> None:
 # --------------------------------------------------------------------------- training
 
 
-def suite_config(suite: Suite, quick: bool, epochs: int | None) -> Any:
+def suite_config(suite: Suite, quick: bool, epochs: int | None) -> Config:
     """The suite's config with quick sizes and the epoch count applied."""
-    from ctan.config import load_config
-
     config = load_config(ROOT / suite.config)
     model = config.model.model_copy(update=suite.quick_model) if quick else config.model
     count = epochs or (suite.quick_epochs if quick else suite.epochs)
@@ -340,7 +343,7 @@ def suite_config(suite: Suite, quick: bool, epochs: int | None) -> Any:
     )
 
 
-def training_config(config: Any) -> Any:
+def training_config(config: Config) -> Config:
     """The config that is trained: native-grid dose metrics swapped for slice-level MAE.
 
     OpenKBP's dose and DVH scores are defined on a whole patient's native 128^3 grid; the
@@ -348,8 +351,6 @@ def training_config(config: Any) -> Any:
     ``docs/benchmarks.md``). Validation only picks the best epoch by loss, so it scores MAE, and
     the test split gets the official scores from :func:`ctan.prediction.evaluate_cases`.
     """
-    from ctan.prediction import NATIVE_DOSE_METRICS
-
     if config.data.format != "openkbp":
         return config
     tasks = [
@@ -362,15 +363,13 @@ def training_config(config: Any) -> Any:
 
 
 def seed_splits(
-    config: Any, seed: int, resplit: bool, groups: int | None = None
-) -> dict[str, list]:
+    config: Config, seed: int, resplit: bool, groups: int | None = None
+) -> dict[str, list[Case]]:
     """The split every architecture of ``seed`` trains on: per seed, or the config's own.
 
     ``groups`` keeps only the cases of the first that many groups (patients, lesions), in
     name order, for quick runs.
     """
-    from ctan.data.dataset import build_cases, split_cases
-
     cases = list(build_cases(config))
     if groups is not None:
         kept = set(sorted({c.group for c in cases})[:groups])
@@ -380,13 +379,10 @@ def seed_splits(
     return split_cases(cases, split, seed if resplit else fixed)
 
 
-def run_one(config: Any, arch: str, seed: int, splits: dict[str, list], folder: Path) -> dict:
+def run_one(
+    config: Config, arch: str, seed: int, splits: dict[str, list[Case]], folder: Path
+) -> dict[str, Any]:
     """Train ``arch`` with ``seed`` on ``splits`` and score it on the test split."""
-    from ctan.checkpoint import load_checkpoint
-    from ctan.models import build_model
-    from ctan.prediction import evaluate_cases, trainer_for
-    from ctan.training import train_centralised
-
     chosen = config.model_copy(
         update={
             "model": config.model.model_copy(update={"arch": arch}),
@@ -419,7 +415,7 @@ def run_one(config: Any, arch: str, seed: int, splits: dict[str, list], folder: 
 
 
 def suite_record(
-    suite: Suite, config: Any, seeds: Sequence[int], runs: list[dict[str, Any]], seconds: float
+    suite: Suite, config: Config, seeds: Sequence[int], runs: list[dict[str, Any]], seconds: float
 ) -> dict[str, Any]:
     """What the JSON keeps of one suite: sizes, every run with its Δm, and the summary."""
     for run in runs:
@@ -447,8 +443,6 @@ def suite_record(
 
 def machine_info() -> dict[str, Any]:
     """Where the figures were measured."""
-    import torch
-
     cuda = torch.cuda.is_available()
     return {
         "device": "cuda" if cuda else "cpu",
