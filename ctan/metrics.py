@@ -37,6 +37,7 @@ import torch
 from monai.metrics import compute_dice, compute_iou
 from torch import Tensor
 
+from ctan.data.openkbp import ORGANS, TARGETS
 from ctan.tasks import METRICS, TaskSpec
 
 __all__ = [
@@ -56,21 +57,10 @@ __all__ = [
     "severity_auc",
 ]
 
-OPENKBP_STRUCTURES: tuple[str, ...] = (
-    "Brainstem",
-    "SpinalCord",
-    "RightParotid",
-    "LeftParotid",
-    "Esophagus",
-    "Larynx",
-    "Mandible",
-    "PTV56",
-    "PTV63",
-    "PTV70",
-)
+OPENKBP_STRUCTURES: tuple[str, ...] = ORGANS + TARGETS
 """OpenKBP's structure order (open-kbp ``full_roi_list``): organs at risk, then targets."""
 
-OPENKBP_TARGETS: tuple[str, ...] = ("PTV56", "PTV63", "PTV70")
+OPENKBP_TARGETS: tuple[str, ...] = TARGETS
 """Structures scored with D99/D95/D1; every other structure is an organ (D_0.1cc, mean)."""
 
 ORGAN_DVH_METRICS: tuple[str, ...] = ("D_0.1_cc", "mean")

@@ -42,21 +42,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ctan.data.openkbp import ORGANS, TARGETS
 from ctan.data.phantoms._common import case_rng, even_sizes, smooth_noise, write_sites_csv
 
 GRID = (128, 128, 128)
-STRUCTURES = (
-    "Brainstem",
-    "SpinalCord",
-    "RightParotid",
-    "LeftParotid",
-    "Esophagus",
-    "Larynx",
-    "Mandible",
-    "PTV56",
-    "PTV63",
-    "PTV70",
-)
+STRUCTURES = ORGANS + TARGETS
 CONTOUR_RATES: dict[str, float] = {
     # fraction of the 36 real patients with the structure file
     "Brainstem": 34 / 36,
