@@ -736,12 +736,18 @@ class MetricSuite:
             companion = companion_mask = None
             key = self.companions.get(spec.name)
             if key is not None:
-                if key not in targets:
+                case_labels = batch.get("case_labels", {})
+                if key in targets:
+                    companion, companion_mask = targets[key], masks.get(key)
+                elif key in case_labels:
+                    values = case_labels[key]
+                    companion_mask = (~torch.isnan(values)).to(torch.float32)
+                    companion = torch.nan_to_num(values).to(torch.int64)
+                else:
                     raise ValueError(
-                        f"batch['targets'] has no companion {key!r} for task {spec.name!r}; it "
-                        f"has {sorted(targets)}"
+                        f"the batch has no companion label {key!r} for task {spec.name!r} in "
+                        f"targets {sorted(targets)} or case_labels {sorted(case_labels)}"
                     )
-                companion, companion_mask = targets[key], masks.get(key)
             self.metrics[spec.name].update(
                 outputs[spec.name],
                 targets[spec.label],

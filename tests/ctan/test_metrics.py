@@ -217,6 +217,17 @@ def test_severity_auc_restricted_to_covid_positive() -> None:
     assert suite.compute() == {"severity": {"severity_auc": pytest.approx(1.0)}}
     assert suite.counts() == {"severity": 5}
 
+    from_case_labels = MetricSuite([spec], companions={"severity": "covid"})
+    covid_values = torch.tensor(covid, dtype=torch.float32)
+    covid_values[4] = float("nan")
+    only_case_labels = {
+        "targets": {"severity": batch["targets"]["severity"]},
+        "target_masks": {"severity": torch.ones(5)},
+        "case_labels": {"covid": covid_values},
+    }
+    from_case_labels.update({"severity": logits}, only_case_labels)
+    assert from_case_labels.compute() == suite.compute()
+
 
 def test_suite_requires_companion_where_a_metric_needs_one() -> None:
     spec = TaskSpec(
