@@ -1,0 +1,882 @@
+"""Does federated CTAN match centralised CTAN? Federated against centralised and site-alone runs.
+
+For every suite and seed, five variants are trained on the same cases and scored on the same
+per-site test splits:
+
+* ``centralised-ctan``: :func:`ctan.training.train_centralised` on the union of the sites' train
+  splits (validated on the union of their validation splits);
+* ``federated-ctan``, ``federated-hps``, ``federated-mtan``: real Flower simulations
+  (:func:`server.simulate.simulate`), each site scored with its personalised checkpoint
+  ``<state dir>/<federation id>/<site>/model.pt`` (shared groups + its own heads);
+* ``alone-ctan``: every site trains CTAN on its own train split only.
+
+All variants train ``rounds x local_epochs`` epochs and are scored after the last one (no
+best-epoch selection, which federated runs do not have). The site splits are those of
+``SiteRunner(config, site, simulated_site_cases(config, site)).splits()``; the seed sets the
+partition, the splits inside each site, initialisation and data order. A variant's score is the
+mean over sites of each site's test metric, weighted by the site's labelled test cases for the
+task.
+
+Also measured: **bytes** (a site's train reply, built by the real ``client.client_app.train``
+handler and serialised with Flower's protobuf serde and as the inflatable objects the SuperNode
+uploads, against the raw ``nbytes`` of its arrays), **no head bytes** (every site's
+``payloads.jsonl`` of every federated run), and **overhead** (``train-wall-seconds`` over
+``site-train-seconds`` of the ``round`` rows of the round log; in full mode a dedicated derm run
+with at least 30 s of local training per round).
+
+Suites and full-mode sizes (4 hours on 2 CPU cores; estimate in ``docs/benchmarks.md``):
+
+* ``derm`` (``configs/federated/derm-natural.yaml``): 600 HAM10000-layout phantoms, 4 natural
+  sites, 2D 64x64, widths 16-128, 10 rounds x 1 local epoch.
+* ``openkbp`` (``configs/federated/openkbp-iid.yaml``): the 36 real OpenKBP patients, IID over 3
+  sites, 2D 64x64 slices, 5 rounds x 1 local epoch (slices make it the costliest suite).
+* ``chest`` (``configs/federated/chest-natural.yaml``): 400 STOIC-layout phantoms, 4 natural
+  sites, 3D 32^3, batch 8, 8 rounds x 1 local epoch.
+
+``--quick`` shrinks models (32x32 or 16^3, widths 8-32), trains 1 round on one seed, keeps 12
+OpenKBP patients, runs only CTAN federated (each simulation costs 20-40 s of start-up) and writes
+``docs/results/bench_federated_quick.json`` and its own section of ``docs/benchmarks.md``.
+
+    python scripts/bench_federated.py                 # full run, all suites
+    python scripts/bench_federated.py --quick         # smoke check, under 5 minutes
+    python scripts/bench_federated.py --suite derm --seeds 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "docs" / "results"
+DOCS = ROOT / "docs" / "benchmarks.md"
+FEDERATED_ARCHS = ("ctan", "hps", "mtan")
+VARIANTS = ("centralised-ctan", "federated-ctan", "alone-ctan", "federated-hps", "federated-mtan")
+FULL_SEEDS = (0, 1, 2)
+QUICK_SEEDS = (0,)
+RATIO_TO_CENTRAL_MIN = 0.97
+BYTES_TOLERANCE = 0.05
+OVERHEAD_MAX = 1.10
+OVERHEAD_MIN_TRAIN_SECONDS = 30.0
+QUICK_2D = {"image_size": [32, 32], "widths": [8, 16, 32]}
+
+
+@dataclass(frozen=True)
+class Suite:
+    """One benchmark suite: a federated config and how long to train it.
+
+    Attributes:
+        config: the YAML file, relative to the repository root.
+        rounds: federated rounds in full mode (each of the config's ``local_epochs``).
+        quick_model: model fields replaced in ``--quick`` mode.
+        quick_rounds: rounds in ``--quick`` mode.
+        quick_patients: in ``--quick`` mode, read only the first this many patients of an
+            OpenKBP root (through a folder of links).
+    """
+
+    config: str
+    rounds: int
+    quick_model: dict[str, Any] = field(default_factory=dict)
+    quick_rounds: int = 1
+    quick_patients: int | None = None
+
+
+SUITES: dict[str, Suite] = {
+    "derm": Suite("configs/federated/derm-natural.yaml", 10, QUICK_2D),
+    "openkbp": Suite("configs/federated/openkbp-iid.yaml", 5, QUICK_2D, 1, 12),
+    "chest": Suite(
+        "configs/federated/chest-natural.yaml",
+        8,
+        {"image_size": [16, 16, 16], "widths": [8, 16, 32]},
+    ),
+}
+#: the dedicated overhead run (full mode): enough local epochs for >= 30 s of training per round
+OVERHEAD_RUN = {"suite": "derm", "rounds": 2, "local_epochs": 5}
+
+
+# --------------------------------------------------------------------------- pure parts
+
+
+def finite(value: Any) -> bool:
+    """Whether ``value`` is a finite number (not ``None``, NaN or a bool)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def oriented_ratio(value: float | None, reference: float | None, higher_is_better: bool) -> float:
+    """How ``value`` compares with ``reference``: above 1 is better, whatever the direction.
+
+    ``value / reference`` for higher-is-better metrics, ``reference / value`` for
+    lower-is-better ones; NaN where either is missing or the denominator is not positive.
+    """
+    if not (finite(value) and finite(reference)):
+        return math.nan
+    numerator, denominator = (value, reference) if higher_is_better else (reference, value)
+    return numerator / denominator if denominator > 0 else math.nan
+
+
+def weighted_site_mean(
+    sites: Mapping[str, Mapping[str, Any]],
+) -> dict[str, dict[str, float]]:
+    """Per task and metric, the mean over sites weighted by each site's labelled test cases.
+
+    Args:
+        sites: ``{site: {"metrics": {task: {metric: value}}, "labelled": {task: cases}}}``.
+
+    Returns:
+        ``{task: {metric: mean}}``; a site with a missing or non-finite value, or no labelled
+        case of the task, is left out of that mean (NaN when no site is left).
+    """
+    totals: dict[str, dict[str, list[float]]] = {}
+    for score in sites.values():
+        for task, metrics in score["metrics"].items():
+            weight = float(score["labelled"].get(task, 0))
+            for metric, value in metrics.items():
+                sums = totals.setdefault(task, {}).setdefault(metric, [0.0, 0.0])
+                if weight > 0 and finite(value):
+                    sums[0] += weight * float(value)
+                    sums[1] += weight
+    return {
+        task: {m: (s / w if w > 0 else math.nan) for m, (s, w) in metrics.items()}
+        for task, metrics in totals.items()
+    }
+
+
+def mean_sd(values: Sequence[float | None]) -> dict[str, float | int]:
+    """Mean and sample standard deviation of the finite values (NaN where undefined)."""
+    kept = [float(v) for v in values if finite(v)]
+    mean = statistics.fmean(kept) if kept else math.nan
+    sd = statistics.stdev(kept) if len(kept) > 1 else math.nan
+    return {"mean": mean, "sd": sd, "n": len(kept)}
+
+
+def summarise(
+    runs: Sequence[Mapping[str, Any]], tasks: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """Per variant (in :data:`VARIANTS` order): every task metric's mean and sd over seeds.
+
+    Args:
+        runs: records with ``variant``, ``seed`` and weighted ``metrics`` ``{task: {metric}}``.
+        tasks: ``[{"name", "metrics"}]``.
+    """
+    summary: dict[str, Any] = {}
+    for variant in [v for v in VARIANTS if any(r["variant"] == v for r in runs)]:
+        mine = [r for r in runs if r["variant"] == variant]
+        summary[variant] = {
+            t["name"]: {
+                m: mean_sd([r["metrics"].get(t["name"], {}).get(m) for r in mine])
+                for m in t["metrics"]
+            }
+            for t in tasks
+        }
+    return summary
+
+
+def suite_checks(summary: Mapping[str, Any], tasks: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Federated CTAN against centralised CTAN and against sites alone, on primary metrics.
+
+    Args:
+        summary: the output of :func:`summarise`.
+        tasks: ``[{"name", "metrics", "higher_is_better": [bool per metric]}]``; the first
+            metric of a task is its primary one.
+
+    Returns:
+        ``{"fed_over_central": min over tasks, "fed_over_alone": min over tasks, "per_task":
+        {task: {"metric", "fed_over_central", "fed_over_alone"}}}``, ratios oriented by
+        :func:`oriented_ratio` and taken on the means over seeds (NaN where a variant is absent).
+    """
+
+    def mean(variant: str, task: str, metric: str) -> float | None:
+        return summary.get(variant, {}).get(task, {}).get(metric, {}).get("mean")
+
+    per_task = {}
+    for task in tasks:
+        name, metric, higher = task["name"], task["metrics"][0], task["higher_is_better"][0]
+        federated = mean("federated-ctan", name, metric)
+        per_task[name] = {
+            "metric": metric,
+            "fed_over_central": oriented_ratio(
+                federated, mean("centralised-ctan", name, metric), higher
+            ),
+            "fed_over_alone": oriented_ratio(federated, mean("alone-ctan", name, metric), higher),
+        }
+
+    def worst(key: str) -> float:
+        values = [p[key] for p in per_task.values()]
+        return min(values) if values and all(finite(v) for v in values) else math.nan
+
+    return {
+        "fed_over_central": worst("fed_over_central"),
+        "fed_over_alone": worst("fed_over_alone"),
+        "per_task": per_task,
+    }
+
+
+def round_overheads(rows: Sequence[Mapping[str, str]]) -> list[dict[str, float]]:
+    """Per round of a round log (``metrics.csv`` rows), train wall time over the sites' sum.
+
+    Returns:
+        ``[{"round", "train_wall_seconds", "site_train_seconds", "ratio"}]`` in round order.
+    """
+    rounds: dict[int, dict[str, float]] = {}
+    for row in rows:
+        if row["split"] == "round":
+            rounds.setdefault(int(row["step"]), {})[row["name"]] = float(row["value"])
+    out = []
+    for number in sorted(rounds):
+        values = rounds[number]
+        wall = values.get("train-wall-seconds", math.nan)
+        sites = values.get("site-train-seconds", math.nan)
+        ratio = wall / sites if finite(wall) and finite(sites) and sites > 0 else math.nan
+        out.append(
+            {
+                "round": number,
+                "train_wall_seconds": wall,
+                "site_train_seconds": sites,
+                "ratio": ratio,
+            }
+        )
+    return out
+
+
+def overhead_summary(
+    runs: Sequence[Mapping[str, Any]], min_train_seconds: float = OVERHEAD_MIN_TRAIN_SECONDS
+) -> dict[str, Any]:
+    """The overhead ratio over the rounds of ``runs`` with enough local training.
+
+    Args:
+        runs: ``[{"name", "rounds": round_overheads(...)}]``.
+        min_train_seconds: rounds whose sites trained less in total are not counted.
+
+    Returns:
+        ``{"ratio": mean ratio of qualifying rounds (NaN if none), "rounds": how many,
+        "all_rounds_ratio": mean over every round, "min_train_seconds": ...}``.
+    """
+    every = [r for run in runs for r in run["rounds"] if finite(r["ratio"])]
+    kept = [r for r in every if r["site_train_seconds"] >= min_train_seconds]
+    return {
+        "ratio": statistics.fmean(r["ratio"] for r in kept) if kept else math.nan,
+        "rounds": len(kept),
+        "all_rounds_ratio": statistics.fmean(r["ratio"] for r in every) if every else math.nan,
+        "min_train_seconds": min_train_seconds,
+    }
+
+
+def head_payloads(payload_lines: Sequence[str]) -> dict[str, Any]:
+    """What a site's ``payloads.jsonl`` lines say left it of the heads.
+
+    Returns:
+        ``{"groups": sorted heads.* groups named, "bytes": bytes of the payloads naming one}``;
+        ``{"groups": [], "bytes": 0}`` when the heads stayed at the site.
+    """
+    groups: set[str] = set()
+    sent = 0
+    for line in payload_lines:
+        if line.strip():
+            record = json.loads(line)
+            heads = {g for g in record["groups"] if g.startswith("heads.")}
+            groups |= heads
+            sent += int(record["bytes"]) if heads else 0
+    return {"groups": sorted(groups), "bytes": sent}
+
+
+def byte_excess(serialized: int, raw: int) -> float:
+    """``|serialized / raw - 1|``: how far a serialised payload is from its raw array bytes."""
+    return abs(serialized / raw - 1.0) if raw > 0 else math.nan
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    return "n/a" if not finite(value) else f"{value:.{digits}g}"
+
+
+def render_table(suite: Mapping[str, Any]) -> str:
+    """A markdown table of one suite: every variant's task metrics (mean ± sd over seeds).
+
+    Args:
+        suite: a suite record (``tasks`` with ``higher_is_better``, ``summary``).
+    """
+    columns = [
+        (t["name"], m, "↑" if up else "↓")
+        for t in suite["tasks"]
+        for m, up in zip(t["metrics"], t["higher_is_better"], strict=True)
+    ]
+    header = ["variant", *[f"{t} {m} {arrow}" for t, m, arrow in columns]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for variant, scores in suite["summary"].items():
+        cells = [variant]
+        for task, metric, _ in columns:
+            stats = scores[task][metric]
+            spread = f" ± {_number(stats['sd'], 2)}" if finite(stats["sd"]) else ""
+            cells.append(f"{_number(stats['mean'])}{spread}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def render_section(report: Mapping[str, Any]) -> str:
+    """The markdown of the whole report (what goes between the markers)."""
+    machine = report["machine"]
+    mode = "quick (smoke check, tiny sizes)" if report["quick"] else "full"
+    lines = [
+        f"Mode: {mode}. Updated {report['date']} on {machine['device']} ({machine['cpu_count']} "
+        f"CPU cores, torch {machine['torch']}, flwr {machine['flwr']}). Raw figures: "
+        f"`docs/results/{report['file']}`. Each variant is scored on the same per-site test "
+        "splits, each site's metric weighted by its labelled test cases; mean ± sd over seeds. "
+        "Every variant trains rounds × local epochs epochs and is scored after the last.",
+        "",
+    ]
+    for name, suite in report["suites"].items():
+        sizes, checks = suite["sizes"], suite.get("checks", {})
+        sites = ", ".join(f"{s} {n}" for s, n in suite["site_sizes"].items())
+        lines += [
+            f"#### {name}",
+            "",
+            f"`{suite['config']}`: {sizes['spatial_dims']}D {sizes['image_size']}, widths "
+            f"{sizes['widths']}, batch {sizes['batch_size']}, {suite['rounds']} rounds × "
+            f"{suite['local_epochs']} local epochs, seeds {suite['seeds']}; sites "
+            f"train/validation/test (seed {suite['seeds'][0]}): {sites}; "
+            f"{suite['wall_seconds'] / 60:.1f} min{'' if suite['complete'] else ' (incomplete)'}.",
+            "",
+            render_table(suite),
+            "",
+            f"Federated / centralised CTAN (primary metrics, worst task): "
+            f"{_number(checks.get('fed_over_central'))} (target ≥ {RATIO_TO_CENTRAL_MIN}); "
+            f"federated CTAN / sites alone: {_number(checks.get('fed_over_alone'))} "
+            "(target > 1).",
+            "",
+        ]
+    lines += render_measurements(report)
+    return "\n".join(lines)
+
+
+def render_measurements(report: Mapping[str, Any]) -> list[str]:
+    """Markdown lines for bytes, head bytes and round overhead."""
+    lines = ["#### Bytes, heads and overhead", ""]
+    for name, entry in report.get("bytes", {}).items():
+        lines.append(
+            f"- bytes, {name} ({entry['site']}, groups {', '.join(entry['groups'])}): raw arrays "
+            f"{entry['raw_bytes']:,} B; protobuf RecordDict {entry['recorddict_bytes']:,} B; "
+            f"uploaded objects {entry['object_bytes']:,} B; worst excess "
+            f"{100 * entry['excess']:.2f}% (target ≤ {100 * BYTES_TOLERANCE:.0f}%)."
+        )
+    heads = report.get("heads", {})
+    if heads:
+        lines.append(
+            f"- head groups sent: {heads['head_groups'] or 'none'} over {heads['sites_checked']} "
+            f"site logs of {heads['runs_checked']} federated runs (heads local)."
+        )
+    overhead = report.get("overhead", {})
+    if overhead:
+        lines.append(
+            f"- overhead: train wall time / sum of sites' local training = "
+            f"{_number(overhead['ratio'])} over {overhead['rounds']} rounds with ≥ "
+            f"{overhead['min_train_seconds']:.0f} s of local training (target ≤ {OVERHEAD_MAX}); "
+            f"{_number(overhead['all_rounds_ratio'])} over all rounds. The simulation runs "
+            f"{overhead['concurrency']} sites at once on {report['machine']['cpu_count']} cores, "
+            "so sites train in parallel and the ratio can fall below 1; each site's own "
+            "training time is stretched by sharing the cores. Deployment over TLS: "
+            f"{overhead['deployment']}."
+        )
+    return [*lines, ""]
+
+
+def replace_section(text: str, body: str, name: str) -> str:
+    """``text`` with what lies between ``<!-- name:start -->`` and ``<!-- name:end -->`` replaced.
+
+    Other sections are left alone; without the markers the section is appended.
+
+    Raises:
+        ValueError: only one marker is present, or the end comes before the start.
+    """
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    block = f"{start}\n{body.strip()}\n{end}"
+    has_start, has_end = start in text, end in text
+    if has_start and has_end and text.index(start) < text.index(end):
+        return text[: text.index(start)] + block + text[text.index(end) + len(end) :]
+    if has_start or has_end:
+        raise ValueError(f"markers {start} and {end} must both appear, start first")
+    return (text.rstrip() + "\n\n" if text.strip() else "") + block + "\n"
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with non-finite floats as ``None`` (strict JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` atomically (a temporary file renamed into place)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    temporary.replace(path)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def subset_root(source: Path, patients: int, folder: Path) -> Path:
+    """A folder of links to the first ``patients`` OpenKBP patients of ``source`` (read-only)."""
+    found = sorted(
+        (p for p in source.rglob("pt_*") if p.is_dir()),
+        key=lambda p: int(p.name.split("_")[-1]),
+    )[:patients]
+    target = folder / f"openkbp-{patients}" / "train-pats"
+    target.mkdir(parents=True, exist_ok=True)
+    for patient in found:
+        link = target / patient.name
+        if not link.exists():
+            link.symlink_to(patient.resolve(), target_is_directory=True)
+    return target.parent
+
+
+def bench_config(suite: Suite, quick: bool, seed: int, work: Path) -> Any:
+    """The suite's config for ``seed``: quick sizes, rounds, and epochs = rounds x local."""
+    from ctan.config import load_config
+
+    config = load_config(ROOT / suite.config)
+    federation = config.federation
+    rounds = suite.quick_rounds if quick else suite.rounds
+    updates: dict[str, Any] = {
+        "experiment": config.experiment.model_copy(update={"seed": seed}),
+        "federation": federation.model_copy(update={"rounds": rounds}),
+        "train": config.train.model_copy(update={"epochs": rounds * federation.local_epochs}),
+    }
+    if quick:
+        updates["model"] = config.model.model_copy(update=suite.quick_model)
+        if suite.quick_patients is not None:
+            root = subset_root(config.data.root, suite.quick_patients, work / "data")
+            updates["data"] = config.data.model_copy(update={"root": root})
+    return config.model_copy(update=updates)
+
+
+def with_arch(config: Any, arch: str) -> Any:
+    """``config`` with another architecture."""
+    return config.model_copy(update={"model": config.model.model_copy(update={"arch": arch})})
+
+
+def site_splits(config: Any) -> dict[str, dict[str, list]]:
+    """Each simulated site's train/validation/test cases, exactly as its SiteRunner sees them."""
+    from ctan.federation import simulated_site_cases
+    from ctan.site import SiteRunner, SiteSettings
+
+    out = {}
+    for site in config.federation.sites:
+        settings = SiteSettings(site.name, tuple(site.tasks), Path(tempfile.gettempdir()))
+        out[site.name] = SiteRunner(
+            config, settings, simulated_site_cases(config, site.name)
+        ).splits()
+    return out
+
+
+def score(checkpoint: Path, config: Any, cases: list) -> dict[str, Any]:
+    """Test metrics of a checkpoint on ``cases``: ``{"metrics", "labelled"}``."""
+    from ctan.checkpoint import load_checkpoint
+    from ctan.prediction import evaluate_cases, trainer_for
+
+    evaluation = evaluate_cases(trainer_for(load_checkpoint(checkpoint), config), config, cases)
+    return {
+        "metrics": {
+            t.name: {m: evaluation.metrics[t.name].get(m, math.nan) for m in t.metrics}
+            for t in config.tasks
+        },
+        "labelled": dict(evaluation.labelled),
+    }
+
+
+def train_last(config: Any, train: list, validation: list, folder: Path) -> Path:
+    """Train centrally on ``train`` for ``train.epochs`` epochs; the last checkpoint."""
+    from ctan.training import train_centralised
+
+    shutil.rmtree(folder, ignore_errors=True)
+    splits = {"train": train, "validation": validation}
+    train_centralised(config, folder=folder, splits=splits, show_progress=False, tensorboard=False)
+    return folder / "last.pt"
+
+
+def run_centralised(config: Any, splits: Mapping[str, Any], folder: Path) -> dict[str, Any]:
+    """CTAN on the union of the sites' train splits, scored on every site's test split."""
+    train = [c for s in splits.values() for c in s["train"]]
+    validation = [c for s in splits.values() for c in s["validation"]]
+    last = train_last(config, train, validation, folder)
+    return {site: score(last, config, s["test"]) for site, s in splits.items()}
+
+
+def run_alone(config: Any, splits: Mapping[str, Any], folder: Path) -> dict[str, Any]:
+    """CTAN trained by each site on its own data, scored on its own test split."""
+    return {
+        site: score(
+            train_last(config, s["train"], s["validation"], folder / site), config, s["test"]
+        )
+        for site, s in splits.items()
+    }
+
+
+@contextlib.contextmanager
+def output_to(path: Path) -> Iterator[None]:
+    """Send this process's stdout and stderr file descriptors (and its children's) to ``path``."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with path.open("ab") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+
+
+def write_config(config: Any, path: Path) -> Path:
+    """Write ``config`` as YAML (absolute paths) for ``server.simulate``."""
+    import yaml
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    return path
+
+
+def run_federated(config: Any, splits: Mapping[str, Any], folder: Path) -> dict[str, Any]:
+    """A real Flower simulation; every site's personalised model scored on its test split.
+
+    Returns:
+        ``{"sites": {site: score}, "rounds": round_overheads, "heads": {site: heads groups},
+        "config": YAML path, "output": folder}``.
+
+    Raises:
+        RuntimeError: the simulation did not complete (its log is named).
+    """
+    from server.simulate import simulate
+
+    shutil.rmtree(folder, ignore_errors=True)
+    path = write_config(config, folder / "federation.yaml")
+    output, state = folder / "out", folder / "state"
+    log = folder / "simulation.log"
+    with output_to(log):
+        code = simulate(path, 0, output, state, resume=False, keep_home=False)
+    if code != 0:
+        raise RuntimeError(f"simulation of {path} failed with code {code}; see {log}")
+    federation = config.federation.id
+    sites_state = state / federation
+    run = max((output / federation).glob("run-*"))
+    with (run / "metrics.csv").open() as file:
+        rounds = round_overheads(list(csv.DictReader(file)))
+    return {
+        "sites": {
+            site: score(sites_state / site / "model.pt", config, s["test"])
+            for site, s in splits.items()
+        },
+        "rounds": rounds,
+        "heads": {
+            site: head_payloads((sites_state / site / "payloads.jsonl").read_text().splitlines())
+            for site in splits
+        },
+        "config": path,
+        "output": output,
+    }
+
+
+def measure_bytes(config_path: Path, config: Any, output: Path, partition_id: int = 0) -> dict:
+    """Serialised size of a real train reply against the raw bytes of its arrays.
+
+    The reply comes from ``client.client_app.train`` called with the server's last global
+    arrays (as the strategy sends them) and a fresh state folder, then is serialised with
+    Flower's ``recorddict_to_proto`` and as the inflatable objects a SuperNode uploads.
+    """
+    from flwr.app import ConfigRecord, Context, MessageType, Metadata, RecordDict
+    from flwr.app.message import make_message
+    from flwr.common.serde import recorddict_to_proto
+    from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+
+    from client.client_app import train
+    from ctan.models.groups import group_of
+    from server.aggregation import split_groups
+    from server.rounds import STATE_NAME, load_state
+    from server.strategy import groups_to_arrayrecord
+
+    saved = load_state(output / config.federation.id / STATE_NAME)
+    content = RecordDict(
+        {
+            "arrays": groups_to_arrayrecord(split_groups(saved["arrays"])),
+            "config": ConfigRecord({"server-round": int(saved["round"]) + 1}),
+        }
+    )
+    sites = config.federation.sites
+    with tempfile.TemporaryDirectory(prefix="bench-bytes-") as state:
+        context = Context(
+            run_id=1,
+            node_id=1,
+            node_config={"partition-id": partition_id, "num-partitions": len(sites)},
+            state=RecordDict(),
+            run_config={"config": str(config_path), "state-dir": state},
+        )
+        metadata = Metadata(
+            run_id=1,
+            message_id="bench",
+            src_node_id=0,
+            dst_node_id=1,
+            reply_to_message_id="",
+            group_id="1",
+            created_at=time.time(),
+            ttl=3600.0,
+            message_type=MessageType.TRAIN,
+        )
+        message = make_message(metadata, content)
+        reply = train(message, context)
+    arrays = reply.content.array_records["arrays"]
+    raw = sum(array.numpy().nbytes for array in arrays.values())
+    recorddict = len(recorddict_to_proto(reply.content).SerializeToString())
+    objects = sum(len(o.deflate()) for o in get_all_nested_objects(reply).values())
+    groups = sorted({group_of(k) for k in arrays})
+    return {
+        "site": sites[partition_id].name,
+        "groups": groups,
+        "arrays": len(arrays),
+        "raw_bytes": int(raw),
+        "recorddict_bytes": recorddict,
+        "object_bytes": objects,
+        "recorddict_ratio": recorddict / raw,
+        "object_ratio": objects / raw,
+        "excess": max(byte_excess(recorddict, raw), byte_excess(objects, raw)),
+        "head_groups": [g for g in groups if g.startswith("heads.")],
+    }
+
+
+def machine_info() -> dict[str, Any]:
+    """Where the figures were measured."""
+    import flwr
+    import torch
+
+    cuda = torch.cuda.is_available()
+    return {
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "flwr": flwr.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def suite_record(suite: Suite, config: Any, seeds: Sequence[int], splits: Mapping) -> dict:
+    """The JSON skeleton of one suite: config, sizes, tasks and site split sizes."""
+    from ctan.tasks import METRICS
+
+    return {
+        "config": suite.config,
+        "tasks": [
+            {
+                "name": t.name,
+                "metrics": list(t.metrics),
+                "higher_is_better": [METRICS[m].higher_is_better for m in t.metrics],
+            }
+            for t in config.tasks
+        ],
+        "sizes": {
+            "spatial_dims": config.model.spatial_dims,
+            "image_size": config.model.image_size,
+            "widths": config.model.widths,
+            "batch_size": config.train.batch_size,
+            "data_root": str(config.data.root),
+        },
+        "rounds": config.federation.rounds,
+        "local_epochs": config.federation.local_epochs,
+        "seeds": list(seeds),
+        "site_sizes": {
+            site: "/".join(str(len(s[p])) for p in ("train", "validation", "test"))
+            for site, s in splits.items()
+        },
+        "complete": False,
+        "wall_seconds": 0.0,
+        "runs": [],
+    }
+
+
+class Report:
+    """The JSON report and the markdown section, rewritten after every run."""
+
+    def __init__(self, path: Path, docs: Path, quick: bool) -> None:
+        self.path, self.docs, self.quick = path, docs, quick
+        self.data: dict[str, Any] = {"suites": {}, "bytes": {}}
+        if path.is_file():
+            with contextlib.suppress(json.JSONDecodeError):
+                self.data = json.loads(path.read_text())
+        self.data |= {
+            "benchmark": "federated",
+            "quick": quick,
+            "file": path.name,
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "machine": machine_info(),
+            "thresholds": {
+                "fed_over_central_min": RATIO_TO_CENTRAL_MIN,
+                "fed_over_alone_above": 1.0,
+                "bytes_excess_max": BYTES_TOLERANCE,
+                "overhead_max": OVERHEAD_MAX,
+                "overhead_min_train_seconds": OVERHEAD_MIN_TRAIN_SECONDS,
+            },
+        }
+        self.federated_runs: list[dict[str, Any]] = []
+
+    def add_federated(self, name: str, result: Mapping[str, Any], concurrency: int) -> None:
+        """Keep a federated run's round overheads and head check."""
+        self.federated_runs.append(
+            {"name": name, "rounds": result["rounds"], "heads": result["heads"]}
+        )
+        logs = [h for run in self.federated_runs for h in run["heads"].values()]
+        replies = [e for e in self.data["bytes"].values() if e["head_groups"]]
+        self.data["heads"] = {
+            "head_groups": sorted({g for h in logs for g in h["groups"]}),
+            "head_bytes_sent": sum(h["bytes"] for h in logs) + sum(e["raw_bytes"] for e in replies),
+            "sites_checked": len(logs),
+            "runs_checked": len(self.federated_runs),
+        }
+        self.data["overhead"] = overhead_summary(self.federated_runs) | {
+            "concurrency": concurrency,
+            "runs": [{"name": r["name"], "rounds": r["rounds"]} for r in self.federated_runs],
+            "deployment": "not measured (the deployment scripts are not benchmarked here)",
+        }
+
+    def write(self) -> None:
+        """Write the JSON and replace this benchmark's section of the markdown file."""
+        self.data["date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        excess = [e["excess"] for e in self.data["bytes"].values()]
+        self.data["bytes_excess"] = max(excess) if excess else math.nan
+        safe = json_safe(self.data)
+        write_text(self.path, json.dumps(safe, indent=1) + "\n")
+        section = "bench_federated_quick" if self.quick else "bench_federated"
+        text = self.docs.read_text() if self.docs.is_file() else "# Benchmarks\n"
+        write_text(self.docs, replace_section(text, render_section(safe), section))
+
+
+def concurrency(sites: int) -> int:
+    """Sites trained at once by ``server.simulate`` (its CPUs per client on this machine)."""
+    cpus = os.cpu_count() or 1
+    return min(sites, cpus // max(1, cpus // sites))
+
+
+def primary_scores(record: Mapping[str, Any], metrics: Mapping[str, Mapping[str, float]]) -> str:
+    """``task=value`` of every task's primary metric, for progress lines."""
+    return " ".join(
+        f"{t['name']}.{t['metrics'][0]}={_number(metrics[t['name']][t['metrics'][0]], 4)}"
+        for t in record["tasks"]
+    )
+
+
+def run_suite(name: str, seeds: Sequence[int], quick: bool, work: Path, report: Report) -> None:
+    """Every variant of one suite for every seed; the report is rewritten after each run."""
+    suite = SUITES[name]
+    start = time.perf_counter()
+    archs = ("ctan",) if quick else FEDERATED_ARCHS
+    record: dict[str, Any] = {}
+    for seed in seeds:
+        base = work / name / f"seed{seed}"
+        config = bench_config(suite, quick, seed, work)
+        splits = site_splits(config)
+        if not record:
+            record = suite_record(suite, config, seeds, splits)
+            report.data["suites"][name] = record
+        for variant in ("centralised-ctan", "alone-ctan", *(f"federated-{a}" for a in archs)):
+            began = time.perf_counter()
+            if variant == "centralised-ctan":
+                per_site = run_centralised(config, splits, base / variant)
+            elif variant == "alone-ctan":
+                per_site = run_alone(config, splits, base / variant)
+            else:
+                arch = variant.removeprefix("federated-")
+                result = run_federated(with_arch(config, arch), splits, base / variant)
+                per_site = result["sites"]
+                report.add_federated(f"{name}/seed{seed}/{arch}", result, concurrency(len(splits)))
+                if arch == "ctan" and name not in report.data["bytes"]:
+                    report.data["bytes"][name] = measure_bytes(
+                        result["config"], config, result["output"]
+                    )
+            run = {
+                "variant": variant,
+                "seed": seed,
+                "metrics": weighted_site_mean(per_site),
+                "per_site": per_site,
+                "wall_seconds": time.perf_counter() - began,
+            }
+            record["runs"].append(run)
+            record["summary"] = summarise(record["runs"], record["tasks"])
+            record["wall_seconds"] = time.perf_counter() - start
+            report.write()
+            print(
+                f"{name} seed {seed} {variant:16} {primary_scores(record, run['metrics'])} "
+                f"{run['wall_seconds']:.0f}s",
+                flush=True,
+            )
+    record["complete"] = True
+    record["checks"] = suite_checks(record["summary"], record["tasks"])
+    report.write()
+
+
+def run_overhead(work: Path, report: Report) -> None:
+    """The dedicated overhead run: full-size derm CTAN with many local epochs per round."""
+    suite = SUITES[OVERHEAD_RUN["suite"]]
+    config = bench_config(suite, quick=False, seed=0, work=work)
+    federation = config.federation.model_copy(
+        update={"rounds": OVERHEAD_RUN["rounds"], "local_epochs": OVERHEAD_RUN["local_epochs"]}
+    )
+    config = config.model_copy(update={"federation": federation})
+    splits = site_splits(config)
+    result = run_federated(config, splits, work / "overhead")
+    report.add_federated(
+        f"overhead/{OVERHEAD_RUN['suite']}/{OVERHEAD_RUN['local_epochs']}-local-epochs",
+        result,
+        concurrency(len(splits)),
+    )
+    report.write()
+    print(f"overhead: {json.dumps(json_safe(report.data['overhead']['ratio']))}", flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, for smoke checks")
+    parser.add_argument("--suite", choices=list(SUITES), action="append", help="repeatable")
+    parser.add_argument("--seeds", type=int, nargs="+", help="default 0 1 2 (quick: 0)")
+    parser.add_argument("--no-overhead", action="store_true", help="skip the overhead run")
+    parser.add_argument("--out", type=Path, help="JSON file (default docs/results/...)")
+    parser.add_argument("--docs", type=Path, default=DOCS, help="markdown file to update")
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench", help="run folders")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    tag = "bench_federated_quick" if args.quick else "bench_federated"
+    report = Report(args.out or RESULTS / f"{tag}.json", args.docs, args.quick)
+    work = args.work / tag
+    seeds = args.seeds or list(QUICK_SEEDS if args.quick else FULL_SEEDS)
+    for name in args.suite or list(SUITES):
+        run_suite(name, seeds, args.quick, work, report)
+    if not (args.quick or args.no_overhead):
+        run_overhead(work, report)
+    print(f"wrote {report.path} and {args.docs}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
