@@ -12,6 +12,7 @@ its PID, also on failure or Ctrl-C. ``flwr run .`` from the project root works a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -105,6 +106,38 @@ def stop(process: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+
+
+def processes_of(home: Path) -> list[int]:
+    """PIDs of processes whose environment names ``home`` as ``FLWR_HOME``.
+
+    The SuperLink's helpers (SuperExec, the simulation runtime, Ray's agents) leave its process
+    group, so they are found by the private ``FLWR_HOME`` they inherit instead.
+    """
+    marker = f"FLWR_HOME={home}".encode()
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if marker in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return [pid for pid in found if pid != os.getpid()]
+
+
+def stop_leftovers(home: Path, timeout: float = 10.0) -> None:
+    """SIGTERM every process of this simulation still alive, SIGKILL those that stay."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = processes_of(home)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + timeout
+        while pids and time.monotonic() < deadline:
+            time.sleep(0.2)
+            pids = [p for p in pids if Path(f"/proc/{p}").exists()]
+        if not pids:
+            return
 
 
 def write_connection(home: Path, port: int) -> None:
@@ -214,6 +247,7 @@ def simulate(
         return 1
     finally:
         stop(superlink)
+        stop_leftovers(home)
         if not keep_home:
             shutil.rmtree(home, ignore_errors=True)
 
