@@ -65,7 +65,7 @@ from ctan.data.base import Case
 from ctan.data.dataset import build_cases, split_cases
 from ctan.metrics import delta_m, delta_m_summary
 from ctan.models import build_model
-from ctan.prediction import NATIVE_DOSE_METRICS, evaluate_cases, trainer_for
+from ctan.prediction import evaluate_cases, trainer_for
 from ctan.tasks import METRICS, TaskSpec
 from ctan.training import train_centralised
 
@@ -343,25 +343,6 @@ def suite_config(suite: Suite, quick: bool, epochs: int | None) -> Config:
     )
 
 
-def training_config(config: Config) -> Config:
-    """The config that is trained: native-grid dose metrics swapped for slice-level MAE.
-
-    OpenKBP's dose and DVH scores are defined on a whole patient's native 128^3 grid; the
-    per-batch validation of ``train_centralised`` cannot compute them on 2D slices (see
-    ``docs/benchmarks.md``). Validation only picks the best epoch by loss, so it scores MAE, and
-    the test split gets the official scores from :func:`ctan.prediction.evaluate_cases`.
-    """
-    if config.data.format != "openkbp":
-        return config
-    tasks = [
-        t.model_copy(update={"metrics": ["mae"], "companion": None})
-        if set(t.metrics) & set(NATIVE_DOSE_METRICS)
-        else t
-        for t in config.tasks
-    ]
-    return config.model_copy(update={"tasks": tasks})
-
-
 def seed_splits(
     config: Config, seed: int, resplit: bool, groups: int | None = None
 ) -> dict[str, list[Case]]:
@@ -389,15 +370,14 @@ def run_one(
             "experiment": config.experiment.model_copy(update={"seed": seed}),
         }
     )
-    trained = training_config(chosen)
     shutil.rmtree(folder, ignore_errors=True)
     start = time.perf_counter()
     fitting = {part: splits[part] for part in ("train", "validation")}
     result = train_centralised(
-        trained, folder=folder, splits=fitting, show_progress=False, tensorboard=False
+        chosen, folder=folder, splits=fitting, show_progress=False, tensorboard=False
     )
     best = load_checkpoint(result.best_checkpoint)
-    test = evaluate_cases(trainer_for(best, trained), trained, splits["test"])
+    test = evaluate_cases(trainer_for(best, chosen), chosen, splits["test"])
     return {
         "arch": arch,
         "seed": seed,
@@ -408,7 +388,7 @@ def run_one(
         "best_epoch": best.extra["epoch"],
         "epoch_seconds": result.epoch_seconds,
         "wall_seconds": time.perf_counter() - start,
-        "parameters": sum(p.numel() for p in build_model(trained).parameters()),
+        "parameters": sum(p.numel() for p in build_model(chosen).parameters()),
         "test_labelled": test.labelled,
         "split_sizes": {part: len(cases) for part, cases in splits.items()},
     }
