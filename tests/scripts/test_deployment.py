@@ -7,24 +7,33 @@ Every process is stopped by its PID (process group) in a finalizer, also when a 
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
+import importlib.util
 import shutil
-import signal
-import socket
 import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-SCRIPTS = REPO / "scripts"
-FLOWER_BIN = Path(sys.executable).parent
+
+def _load() -> ModuleType:
+    path = Path(__file__).resolve().parents[2] / "scripts" / "local_federation.py"
+    spec = importlib.util.spec_from_file_location("local_federation", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+local = _load()
+FLOWER_BIN = local.FLOWER_BIN
+script_env, run_script, free_port = local.script_env, local.run_script, local.free_port
+stop_group, stop_process, children_of = local.stop_group, local.stop_process, local.children_of
+wait_until = local.wait_until
 NEEDS_TOOLS = pytest.mark.skipif(
     shutil.which("openssl") is None or shutil.which("ssh-keygen") is None,
     reason="openssl and ssh-keygen are needed to make certificates and site keys",
@@ -45,96 +54,6 @@ DEPLOY_SCRIPTS = [
 ]
 
 
-def script_env(home: Path | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        FLWR_BIN=str(FLOWER_BIN),
-        FLWR_TELEMETRY_ENABLED="0",
-        FLWR_DISABLE_UPDATE_CHECK="1",
-        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
-        PATH=f"{FLOWER_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-    )
-    if home is not None:
-        env["FLWR_HOME"] = str(home)
-    return env
-
-
-def run_script(
-    name: str, *args: str, cwd: Path, timeout: float = 60
-) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["bash", str(SCRIPTS / name), *args],
-        cwd=cwd,
-        env=script_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def stop_group(pid: int, timeout: float = 15) -> None:
-    """SIGTERM the process group led by ``pid``, SIGKILL it if it outlives ``timeout``."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.1)
-
-
-def stop_process(process: subprocess.Popen) -> None:
-    """Stop a process we started in its own session, reaping it (a zombie keeps its group)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=5)
-    stop_group(process.pid, timeout=5)
-
-
-def children_of(parent_pid: int) -> list[int]:
-    """Detached helpers Flower starts with ``--parent-pid`` (the SuperLink's SuperExec)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if (
-            b"--parent-pid" in cmdline
-            and cmdline[cmdline.index(b"--parent-pid") + 1] == str(parent_pid).encode()
-        ):
-            found.append(int(proc.name))
-    return found
-
-
 @pytest.fixture
 def processes() -> Iterator[list[subprocess.Popen]]:
     """Popen objects started in their own session; all their groups are stopped at the end."""
@@ -144,133 +63,46 @@ def processes() -> Iterator[list[subprocess.Popen]]:
         stop_process(process)
 
 
-def start_site(
-    processes: list[subprocess.Popen], tmp_path: Path, name: str, *args: str
-) -> subprocess.Popen:
-    log = (tmp_path / f"{name}.log").open("w")
-    process = subprocess.Popen(
-        ["bash", str(SCRIPTS / "join_federation.sh"), *args],
-        cwd=tmp_path,
-        env=script_env(),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    processes.append(process)
-    return process
-
-
-def site_args(tmp_path: Path, port: int, ca: Path, key: Path, name: str) -> list[str]:
-    (tmp_path / "data").mkdir(exist_ok=True)
-    return [
-        "--superlink",
-        f"127.0.0.1:{port}",
-        "--ca",
-        str(ca),
-        "--key",
-        str(key),
-        "--site",
-        name,
-        "--data-format",
-        "ham10000",
-        "--data-root",
-        str(tmp_path / "data"),
-        "--tasks",
-        "lesion,diagnosis",
-        "--home",
-        str(tmp_path / f"home-{name}"),
-        "--runtime-port",
-        str(free_port()),
-        "--health-address",
-        f"127.0.0.1:{free_port()}",
-    ]
+def site_args(federation, key: Path, name: str) -> list[str]:
+    """Join arguments for a site whose data folder is empty (enough to connect)."""
+    data = federation.work / "data"
+    data.mkdir(exist_ok=True)
+    return federation.join_args(name, key, "ham10000", data, ["lesion", "diagnosis"])
 
 
 @pytest.fixture
-def superlink(tmp_path: Path) -> Iterator[tuple[Path, int]]:
+def federation(tmp_path: Path) -> Iterator:
     """A SuperLink with TLS and SuperNode auth, started by the script and stopped by PID."""
-    certs = tmp_path / "certs"
-    result = run_script("make_certificates.sh", "--out", str(certs), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    home, port = tmp_path / "coordinator", free_port()
-    started = run_script(
-        "start_superlink.sh",
-        "--home",
-        str(home),
-        "--certs",
-        str(certs),
-        "--port",
-        str(port),
-        cwd=tmp_path,
-        timeout=90,
-    )
-    pid_file = home / "superlink.pid"
-    pid = int(pid_file.read_text()) if pid_file.exists() else None
-    try:
-        assert started.returncode == 0, started.stdout + started.stderr
-        assert str(home / "logs") in started.stdout
-        yield home, port
-    finally:
-        if pid is not None:
-            helpers = children_of(pid)
-            run_script("stop_superlink.sh", "--home", str(home), cwd=tmp_path)
-            stop_group(pid)
-            for helper in helpers:
-                wait_until(lambda h=helper: not Path(f"/proc/{h}").exists(), 15, "SuperExec exit")
-
-
-def node_statuses(home: Path, tmp_path: Path) -> dict[str, str]:
-    result = run_script("list_sites.sh", "--home", str(home), "--json", cwd=tmp_path)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return {n["node-id"]: n["status"] for n in json.loads(result.stdout)["nodes"]}
-
-
-def make_key(tmp_path: Path, name: str) -> Path:
-    out = tmp_path / f"key-{name}"
-    result = run_script("make_site_key.sh", "--out", str(out), "--name", name, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    return out / "node"
-
-
-def register(home: Path, tmp_path: Path, key: Path) -> str:
-    result = run_script("register_site.sh", "--home", str(home), f"{key}.pub", cwd=tmp_path)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return next(w for w in result.stdout.split() if w.isdigit())
+    with local.LocalFederation(tmp_path) as started:
+        assert (started.home / "superlink.pid").is_file()
+        assert str(started.home / "logs") in started.superlink_output
+        yield started
 
 
 @pytest.mark.slow
 @NEEDS_TOOLS
 @NEEDS_FLOWER
 def test_registered_site_connects_and_others_are_refused(
-    superlink: tuple[Path, int], tmp_path: Path, processes: list[subprocess.Popen]
+    federation, processes: list[subprocess.Popen]
 ) -> None:
-    home, port = superlink
-    ca = tmp_path / "certs" / "ca.crt"
-    key_a, key_b, key_c = (make_key(tmp_path, n) for n in "abc")
-    node_a = register(home, tmp_path, key_a)
-    node_c = register(home, tmp_path, key_c)
-    assert node_statuses(home, tmp_path) == {node_a: "registered", node_c: "registered"}
+    key_a, key_b, key_c = (federation.make_key(n) for n in "abc")
+    node_a = federation.register(key_a)
+    node_c = federation.register(key_c)
+    assert federation.node_statuses() == {node_a: "registered", node_c: "registered"}
 
-    start_site(processes, tmp_path, "a", *site_args(tmp_path, port, ca, key_a, "a"))
-    wait_until(lambda: node_statuses(home, tmp_path)[node_a] == "online", 60, "site a online")
+    federation.join("a", *site_args(federation, key_a, "a"))
+    federation.wait_online([node_a], timeout=60)
 
     # b: key never registered; c: registered, but dials without the federation CA.
-    refused = start_site(
-        processes,
-        tmp_path,
-        "b",
-        *site_args(tmp_path, port, ca, key_b, "b"),
-        "--max-wait-time",
-        "10",
-    )
+    refused = federation.join("b", *site_args(federation, key_b, "b"), "--max-wait-time", "10")
     assert refused.wait(timeout=60) != 0
-    assert "2004" in (tmp_path / "b.log").read_text()
-    log = (tmp_path / "c.log").open("w")
+    assert "2004" in (federation.work / "b.log").read_text()
+    log = (federation.work / "c.log").open("w")
     no_ca = subprocess.Popen(
         [
             str(FLOWER_BIN / "flower-supernode"),
             "--superlink",
-            f"127.0.0.1:{port}",
+            f"127.0.0.1:{federation.port}",
             "--auth-supernode-private-key",
             str(key_c),
             "--port",
@@ -278,16 +110,16 @@ def test_registered_site_connects_and_others_are_refused(
             "--max-wait-time",
             "10",
         ],
-        cwd=tmp_path,
-        env=script_env(tmp_path / "home-c"),
+        cwd=federation.work,
+        env=script_env(federation.work / "home-c"),
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     processes.append(no_ca)
     assert no_ca.wait(timeout=60) != 0
-    assert "CERTIFICATE_VERIFY_FAILED" in (tmp_path / "c.log").read_text()
-    assert node_statuses(home, tmp_path) == {node_a: "online", node_c: "registered"}
+    assert "CERTIFICATE_VERIFY_FAILED" in (federation.work / "c.log").read_text()
+    assert federation.node_statuses() == {node_a: "online", node_c: "registered"}
 
 
 @pytest.mark.slow
@@ -346,10 +178,12 @@ def test_certificates_cover_extra_names(tmp_path: Path) -> None:
 def test_join_refuses_open_or_wrong_private_keys(tmp_path: Path) -> None:
     certs = tmp_path / "certs"
     assert run_script("make_certificates.sh", "--out", str(certs), cwd=tmp_path).returncode == 0
-    key = make_key(tmp_path, "a")
+    federation = local.LocalFederation(tmp_path)  # not entered: no SuperLink is started
+    federation.port = 1
+    key = federation.make_key("a")
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     assert key.with_suffix(".pub").read_text().startswith("ecdsa-sha2-nistp384 ")
-    args = site_args(tmp_path, 1, certs / "ca.crt", key, "a")
+    args = site_args(federation, key, "a")
 
     key.chmod(0o644)
     result = run_script("join_federation.sh", *args, cwd=tmp_path)
@@ -391,31 +225,9 @@ def test_wheelhouse_dry_run_pins_installed_versions(tmp_path: Path) -> None:
     assert not (tmp_path / "wh").exists()
 
 
-APP_FILES = (
-    "ctan",
-    "client",
-    "server",
-    "configs",
-    "pyproject.toml",
-    "LICENSE",
-    "README.md",
-    ".gitignore",
-)
-
-
-def staged_app(tmp_path: Path, federation: dict) -> tuple[Path, Path]:
-    """A coordinator's app folder (this project's code) with its federation YAML inside."""
-    import yaml
-
-    app = tmp_path / "app"
-    app.mkdir(parents=True)
-    for name in APP_FILES:
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, app / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(source, app / name)
-    config = {
+def tls_config(federation: dict) -> dict:
+    """A small federated experiment (the data root is each site's own, from its node config)."""
+    return {
         "experiment": {"name": "tls", "seed": 0},
         "model": {
             "arch": "ctan",
@@ -436,92 +248,44 @@ def staged_app(tmp_path: Path, federation: dict) -> tuple[Path, Path]:
         "train": {"batch_size": 8},
         "federation": federation,
     }
-    path = app / "configs" / "tls-test.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return app, path
-
-
-def hospital_args(
-    tmp_path: Path, port: int, ca: Path, key: Path, name: str, tasks: str, seed: int
-) -> list[str]:
-    """Join arguments for a site holding its own phantom HAM10000 data."""
-    from ctan.data.phantoms import write_phantoms
-
-    data = write_phantoms("ham10000", tmp_path / f"data-{name}", cases=20, sites=1, seed=seed)
-    args = site_args(tmp_path, port, ca, key, name)
-    args[args.index("--data-root") + 1] = str(data)
-    args[args.index("--tasks") + 1] = tasks
-    return args
 
 
 @pytest.mark.slow
 @NEEDS_TOOLS
 @NEEDS_FLOWER
-def test_federated_run_over_tls_completes_and_a_lost_quorum_fails(
-    superlink: tuple[Path, int], tmp_path: Path, processes: list[subprocess.Popen]
-) -> None:
-    home, port = superlink
-    ca = tmp_path / "certs" / "ca.crt"
-    keys = {name: make_key(tmp_path, name) for name in ("a", "b")}
-    nodes = {name: register(home, tmp_path, key) for name, key in keys.items()}
-    start_site(
-        processes,
-        tmp_path,
-        "a",
-        *hospital_args(tmp_path, port, ca, keys["a"], "a", "lesion,diagnosis", 1),
-    )
-    start_site(
-        processes, tmp_path, "b", *hospital_args(tmp_path, port, ca, keys["b"], "b", "lesion", 2)
-    )
-    wait_until(
-        lambda: set(node_statuses(home, tmp_path).values()) == {"online"},
-        90,
-        f"sites {sorted(nodes)} online",
-    )
+def test_federated_run_over_tls_completes_and_a_lost_quorum_fails(federation) -> None:
+    sites = {"a": ["lesion", "diagnosis"], "b": ["lesion"]}
+    nodes = []
+    for seed, (name, tasks) in enumerate(sites.items(), start=1):
+        key = federation.make_key(name)
+        nodes.append(federation.register(key))
+        data = local.phantom_site_root("ham10000", federation.work / f"data-{name}", 20, seed)
+        federation.join(name, *federation.join_args(name, key, "ham10000", data, tasks))
+    federation.wait_online(nodes)
 
-    app, config = staged_app(
-        tmp_path, {"id": "tls-test", "rounds": 2, "min_sites": 2, "round_timeout": 180}
+    app, config = local.stage_app(
+        federation.work / "app",
+        tls_config({"id": "tls-test", "rounds": 2, "min_sites": 2, "round_timeout": 180}),
+        "tls-test",
     )
-    out = tmp_path / "runs"
-    launched = run_script(
-        "launch_run.sh",
-        "--home",
-        str(home),
-        "--app",
-        str(app),
-        "--config",
-        str(config),
-        "--output-dir",
-        str(out),
-        cwd=tmp_path,
-        timeout=600,
-    )
+    out = federation.work / "runs"
+    launched = federation.launch(app, config, out, timeout=600)
     assert launched.returncode == 0, launched.stdout[-3000:] + launched.stderr[-2000:]
     assert "finished:completed" in launched.stdout
     run = next((out / "tls-test").glob("run-*"))
     rows = (run / "metrics.csv").read_text()
     assert "train/a,diagnosis.loss" in rows and "train/b,lesion.loss" in rows
     assert (run / "report.md").is_file() and (run / "global_model.pt").is_file()
-    payloads = (tmp_path / "home-b" / "state" / "tls-test" / "b" / "payloads.jsonl").read_text()
+    payloads = (federation.state_dir("b") / "tls-test" / "b" / "payloads.jsonl").read_text()
     assert '"groups": ["encoder", "task.lesion"]' in payloads
 
-    app, config = staged_app(
-        tmp_path / "quorum", {"id": "tls-quorum", "rounds": 1, "min_sites": 3, "round_timeout": 5}
+    app, config = local.stage_app(
+        federation.work / "app-quorum",
+        tls_config({"id": "tls-quorum", "rounds": 1, "min_sites": 3, "round_timeout": 5}),
+        "tls-quorum",
     )
     started = time.monotonic()
-    failed = run_script(
-        "launch_run.sh",
-        "--home",
-        str(home),
-        "--app",
-        str(app),
-        "--config",
-        str(config),
-        "--output-dir",
-        str(out),
-        cwd=tmp_path,
-        timeout=300,
-    )
+    failed = federation.launch(app, config, out, timeout=300)
     assert failed.returncode != 0
     assert "finished:failed" in failed.stdout + failed.stderr
     assert "only 2 sites connected within 5 s; federation.min_sites is 3" in failed.stdout
