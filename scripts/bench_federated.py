@@ -22,7 +22,9 @@ handler and serialised with Flower's protobuf serde and as the inflatable object
 uploads, against the raw ``nbytes`` of its arrays), **no head bytes** (every site's
 ``payloads.jsonl`` of every federated run), and **overhead** (``train-wall-seconds`` over
 ``site-train-seconds`` of the ``round`` rows of the round log; in full mode a dedicated derm run
-with at least 30 s of local training per round).
+with at least 30 s of local training per round, once in simulation and once deployed: a real
+SuperLink and two real SuperNodes over TLS on 127.0.0.1, started through the deployment scripts
+by ``scripts/local_federation.py``).
 
 Suites and full-mode sizes (4 hours on 2 CPU cores; estimate in ``docs/benchmarks.md``):
 
@@ -40,6 +42,7 @@ OpenKBP patients, runs only CTAN federated (each simulation costs 20-40 s of sta
     python scripts/bench_federated.py                 # full run, all suites
     python scripts/bench_federated.py --quick         # smoke check, under 5 minutes
     python scripts/bench_federated.py --suite derm --seeds 0
+    python scripts/bench_federated.py --only-overhead deployment
 """
 
 from __future__ import annotations
@@ -110,6 +113,9 @@ SUITES: dict[str, Suite] = {
 }
 #: the dedicated overhead run (full mode): enough local epochs for >= 30 s of training per round
 OVERHEAD_RUN = {"suite": "derm", "rounds": 2, "local_epochs": 5}
+#: the deployed overhead run: that setting on two sites, each with its own phantom data
+DEPLOYMENT_SITES = 2
+DEPLOYMENT_CASES_PER_SITE = 150
 
 
 # --------------------------------------------------------------------------- pure parts
@@ -390,9 +396,20 @@ def render_measurements(report: Mapping[str, Any]) -> list[str]:
             f"{_number(overhead['all_rounds_ratio'])} over all rounds. The simulation runs "
             f"{overhead['concurrency']} sites at once on {report['machine']['cpu_count']} cores, "
             "so sites train in parallel and the ratio can fall below 1; each site's own "
-            "training time is stretched by sharing the cores. Deployment over TLS: "
-            f"{overhead['deployment']}."
+            "training time is stretched by sharing the cores."
         )
+    deployed = report.get("deployment_overhead", {})
+    if deployed:
+        lines.append(
+            f"- overhead deployed over TLS on 127.0.0.1 (a real SuperLink and "
+            f"{deployed['sites']} SuperNodes, {deployed['cases_per_site']} phantom cases each, "
+            f"{deployed['local_epochs']} local epochs a round): "
+            f"{_number(deployed['ratio'])} over {deployed['rounds']} rounds with ≥ "
+            f"{deployed['min_train_seconds']:.0f} s of local training (target ≤ {OVERHEAD_MAX}); "
+            f"{_number(deployed['all_rounds_ratio'])} over all rounds."
+        )
+    else:
+        lines.append("- overhead deployed over TLS: not measured (`--only-overhead deployment`).")
     return [*lines, ""]
 
 
@@ -758,7 +775,6 @@ class Report:
         self.data["overhead"] = overhead_summary(self.federated_runs) | {
             "concurrency": concurrency,
             "runs": [{"name": r["name"], "rounds": r["rounds"]} for r in self.federated_runs],
-            "deployment": "not measured (the deployment scripts are not benchmarked here)",
         }
 
     def write(self) -> None:
@@ -855,12 +871,54 @@ def run_overhead(work: Path, report: Report) -> None:
     print(f"overhead: {json.dumps(json_safe(report.data['overhead']['ratio']))}", flush=True)
 
 
+def run_deployment_overhead(work: Path, report: Report) -> None:
+    """The overhead run deployed: SuperLink and SuperNodes over TLS on 127.0.0.1.
+
+    Same model, rounds and local epochs as :func:`run_overhead`, on the first
+    ``DEPLOYMENT_SITES`` derm sites, each joining with its own phantom HAM10000 data through
+    ``join_federation.sh``; the run is launched with ``launch_run.sh``.
+    """
+    from local_federation import run_local_federation
+
+    config = bench_config(SUITES[OVERHEAD_RUN["suite"]], quick=False, seed=0, work=work)
+    settings = config.model_dump(mode="json")
+    settings["federation"] |= {
+        "id": "overhead-deployed",
+        "rounds": OVERHEAD_RUN["rounds"],
+        "local_epochs": OVERHEAD_RUN["local_epochs"],
+        "min_sites": DEPLOYMENT_SITES,
+        "sites": settings["federation"]["sites"][:DEPLOYMENT_SITES],
+    }
+    settings["federation"].pop("partition", None)
+    settings["train"]["epochs"] = OVERHEAD_RUN["rounds"] * OVERHEAD_RUN["local_epochs"]
+    folder = work / "overhead-deployed"
+    shutil.rmtree(folder, ignore_errors=True)
+    result = run_local_federation(settings, folder, DEPLOYMENT_CASES_PER_SITE)
+    with (result["run"] / "metrics.csv").open() as file:
+        rounds = round_overheads(list(csv.DictReader(file)))
+    report.data["deployment_overhead"] = overhead_summary([{"rounds": rounds}]) | {
+        "sites": DEPLOYMENT_SITES,
+        "cases_per_site": DEPLOYMENT_CASES_PER_SITE,
+        "local_epochs": OVERHEAD_RUN["local_epochs"],
+        "round_rows": rounds,
+    }
+    report.write()
+    print(f"deployment overhead: {json.dumps(json_safe(rounds))}", flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for smoke checks")
     parser.add_argument("--suite", choices=list(SUITES), action="append", help="repeatable")
     parser.add_argument("--seeds", type=int, nargs="+", help="default 0 1 2 (quick: 0)")
-    parser.add_argument("--no-overhead", action="store_true", help="skip the overhead run")
+    parser.add_argument("--no-overhead", action="store_true", help="skip the overhead runs")
+    parser.add_argument(
+        "--only-overhead",
+        nargs="?",
+        const="both",
+        choices=("simulation", "deployment", "both"),
+        help="run only the overhead runs (default both), no suites",
+    )
     parser.add_argument("--out", type=Path, help="JSON file (default docs/results/...)")
     parser.add_argument("--docs", type=Path, default=DOCS, help="markdown file to update")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench", help="run folders")
@@ -870,10 +928,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = Report(args.out or RESULTS / f"{tag}.json", args.docs, args.quick)
     work = args.work / tag
     seeds = args.seeds or list(QUICK_SEEDS if args.quick else FULL_SEEDS)
-    for name in args.suite or list(SUITES):
-        run_suite(name, seeds, args.quick, work, report)
-    if not (args.quick or args.no_overhead):
+    if args.only_overhead is None:
+        for name in args.suite or list(SUITES):
+            run_suite(name, seeds, args.quick, work, report)
+    overhead = "none" if args.quick or args.no_overhead else (args.only_overhead or "both")
+    if overhead in ("simulation", "both"):
         run_overhead(work, report)
+    if overhead in ("deployment", "both"):
+        run_deployment_overhead(work, report)
     print(f"wrote {report.path} and {args.docs}")
     return 0
 

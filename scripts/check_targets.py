@@ -179,6 +179,13 @@ TARGETS: list[Target] = [
         "<=",
         1.10,
     ),
+    Target(
+        "federated: same, deployed over TLS on 127.0.0.1",
+        "bench_federated.json",
+        key_path("deployment_overhead", "ratio"),
+        "<=",
+        1.10,
+    ),
 ]
 
 

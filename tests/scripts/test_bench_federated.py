@@ -160,7 +160,6 @@ def _report() -> dict:
                 "all_rounds_ratio": 0.7,
                 "min_train_seconds": 30.0,
                 "concurrency": 2,
-                "deployment": "not measured",
             },
         }
     )
@@ -182,6 +181,22 @@ def test_section_names_ratios_bytes_heads_and_overhead():
     assert "worst excess 4.00%" in section
     assert "head groups sent: none over 3 site logs" in section
     assert "= n/a over 0 rounds" in section and "0.7 over all rounds" in section
+    assert "deployed over TLS: not measured" in section
+
+
+def test_section_reports_the_deployed_overhead():
+    report = _report()
+    rounds = [
+        {"round": 1, "train_wall_seconds": 40.0, "site_train_seconds": 38.0, "ratio": 40 / 38}
+    ]
+    report["deployment_overhead"] = bench.overhead_summary([{"rounds": rounds}]) | {
+        "sites": 2,
+        "cases_per_site": 150,
+        "local_epochs": 5,
+    }
+    section = bench.render_section(report)
+    assert "deployed over TLS on 127.0.0.1 (a real SuperLink and 2 SuperNodes" in section
+    assert "1.05 over 1 rounds with ≥ 30 s" in section
 
 
 def test_replace_section_keeps_other_sections(tmp_path: Path):
