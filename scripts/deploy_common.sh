@@ -74,3 +74,44 @@ coordinator_paths() {
     PID_FILE="${HOME_DIR}/superlink.pid"
     CONNECTION="fedctan"
 }
+
+# Before a SuperNode starts (it retries quietly for ever), check what retrying cannot fix: the
+# certificate served at ADDRESS must chain to the CA file and cover the host part of ADDRESS.
+# An address nobody answers at only warns: the SuperLink may simply not be up yet.
+check_superlink_certificate() {
+    local address="$1" ca="$2" host port check output names
+    host="${address%:*}"
+    port="${address##*:}"
+    host="${host#[}"
+    host="${host%]}"
+    [[ -n "${host}" && "${port}" =~ ^[0-9]+$ ]] \
+        || die "--superlink '${address}' must be HOST:PORT (for example fl.example.org:8000)"
+    if ! timeout 5 bash -c "exec 3<>/dev/tcp/${host}/${port}" 2>/dev/null; then
+        warn "nothing answers at ${address} now (SuperLink not started yet, wrong address or a"
+        warn "firewall in between); the SuperNode keeps retrying (--max-wait-time to give up)."
+        return 0
+    fi
+    if [[ "${host}" =~ ^[0-9.]+$ || "${host}" == *:* ]]; then
+        check=(-verify_ip "${host}")
+    else
+        check=(-verify_hostname "${host}" -servername "${host}")
+    fi
+    output="$(timeout 20 openssl s_client -connect "${host}:${port}" -CAfile "${ca}" \
+        "${check[@]}" -verify_return_error -alpn h2 </dev/null 2>&1)" && return 0
+    names="$(timeout 20 openssl s_client -connect "${host}:${port}" </dev/null 2>/dev/null \
+        | openssl x509 -noout -ext subjectAltName 2>/dev/null | tail -n +2 | xargs)"
+    case "${output}" in
+        *"hostname mismatch"* | *"IP address mismatch"*)
+            die "the SuperLink certificate at ${address} does not cover '${host}' (it covers:" \
+                "${names:-no subject alternative names}); dial one of those names, or ask the" \
+                "coordinator to remake it with make_certificates.sh including DNS:${host} or IP:${host}" ;;
+        *"unable to get local issuer"* | *"self-signed"* | *"self signed"* | *"certificate signature failure"*)
+            die "the certificate at ${address} is not signed by the CA in ${ca}; ask the" \
+                "coordinator for the federation's ca.crt (or check that ${address} is the SuperLink)" ;;
+        *"certificate has expired"*)
+            die "the SuperLink certificate at ${address} has expired; ask the coordinator to renew it" ;;
+        *)
+            die "TLS handshake with ${address} failed (is it the SuperLink's TLS port?):" \
+                "$(grep -m1 -i 'error' <<<"${output}" || echo "${output}" | tail -n 1)" ;;
+    esac
+}

@@ -18,7 +18,10 @@ the SuperLink over TLS, verifying its certificate with the federation CA, and au
 with the site's private key (registered by the coordinator). The site settings below become
 the SuperNode's node config; they never come from the coordinator.
 
-  --superlink      SuperLink address as the coordinator gave it (must match its certificate)
+  --superlink      SuperLink address as the coordinator gave it (must match its certificate;
+                   checked before the SuperNode starts: a certificate that does not cover the
+                   address or is not signed by --ca stops here, an address nobody answers at
+                   only warns, since the SuperNode retries until the SuperLink is up)
   --ca             the federation's CA certificate (ca.crt)
   --key            the site's private key from make_site_key.sh (mode 600 or stricter)
   --site           site name (letters, digits, . _ -)
@@ -118,6 +121,7 @@ if [[ -n "${TRUSTED}" ]]; then
     ARGS+=(--trusted-entities "$(absolute "${TRUSTED}")")
 fi
 
+check_superlink_certificate "${SUPERLINK}" "${CA}"
 flower_offline_env
 export FLWR_HOME="${HOME_DIR}"
 echo "site ${SITE}: SuperNode -> ${SUPERLINK} (TLS, key auth), runtime port ${RUNTIME_PORT}," \

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import socket
 import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -290,3 +291,135 @@ def test_federated_run_over_tls_completes_and_a_lost_quorum_fails(federation) ->
     assert "finished:failed" in failed.stdout + failed.stderr
     assert "only 2 sites connected within 5 s; federation.min_sites is 3" in failed.stdout
     assert time.monotonic() - started < 240
+
+
+def signed_certificate(certs: Path, name: str, san: str) -> tuple[Path, Path]:
+    """A server certificate for ``san`` signed by the CA in ``certs`` (not the SuperLink's)."""
+    key, request, cert = (certs / f"{name}.{ext}" for ext in ("key", "csr", "pem"))
+    extensions = certs / f"{name}.ext"
+    extensions.write_text(f"subjectAltName={san}\n")
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-new",
+            "-nodes",
+            "-newkey",
+            "rsa:2048",
+            "-keyout",
+            str(key),
+            "-out",
+            str(request),
+            "-subj",
+            f"/CN={name}",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            "openssl",
+            "x509",
+            "-req",
+            "-in",
+            str(request),
+            "-CA",
+            str(certs / "ca.crt"),
+            "-CAkey",
+            str(certs / "ca.key"),
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-out",
+            str(cert),
+            "-extfile",
+            str(extensions),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+@pytest.fixture
+def tls_listener(processes: list[subprocess.Popen]) -> Callable[[Path, Path], int]:
+    """Start a plain TLS server on 127.0.0.1 serving a given certificate; returns its port."""
+
+    def start(cert: Path, key: Path) -> int:
+        port = free_port()
+        server = subprocess.Popen(
+            [
+                "openssl",
+                "s_server",
+                "-accept",
+                f"127.0.0.1:{port}",
+                "-cert",
+                str(cert),
+                "-key",
+                str(key),
+                "-quiet",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        processes.append(server)
+        wait_until(lambda: local_port_open(port), 10, f"TLS listener on port {port}")
+        return port
+
+    return start
+
+
+def local_port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@NEEDS_TOOLS
+def test_join_stops_when_the_certificate_does_not_cover_the_address(
+    tmp_path: Path, tls_listener: Callable[[Path, Path], int]
+) -> None:
+    federation = local.LocalFederation(tmp_path)  # not entered: a plain TLS server stands in
+    assert run_script("make_certificates.sh", "--out", str(tmp_path / "certs"), cwd=tmp_path)
+    cert, key = signed_certificate(tmp_path / "certs", "elsewhere", "DNS:fl.elsewhere.example")
+    federation.port = tls_listener(cert, key)
+    site_key = federation.make_key("a")
+    result = run_script("join_federation.sh", *site_args(federation, site_key, "a"), cwd=tmp_path)
+    assert result.returncode != 0
+    assert "does not cover '127.0.0.1'" in result.stderr
+    assert "DNS:fl.elsewhere.example" in result.stderr and "IP:127.0.0.1" in result.stderr
+
+
+@NEEDS_TOOLS
+def test_join_stops_when_the_certificate_is_not_from_the_federation_ca(
+    tmp_path: Path, tls_listener: Callable[[Path, Path], int]
+) -> None:
+    federation = local.LocalFederation(tmp_path)
+    other = tmp_path / "other-ca"
+    assert run_script("make_certificates.sh", "--out", str(tmp_path / "certs"), cwd=tmp_path)
+    assert run_script("make_certificates.sh", "--out", str(other), cwd=tmp_path).returncode == 0
+    federation.port = tls_listener(other / "server.pem", other / "server.key")
+    site_key = federation.make_key("a")
+    result = run_script("join_federation.sh", *site_args(federation, site_key, "a"), cwd=tmp_path)
+    assert result.returncode != 0
+    assert f"not signed by the CA in {federation.ca}" in result.stderr
+
+
+def test_certificate_check_only_warns_when_nothing_answers(tmp_path: Path) -> None:
+    port = free_port()
+    script = (
+        f"source {local.SCRIPTS / 'deploy_common.sh'}; "
+        f"check_superlink_certificate 127.0.0.1:{port} {tmp_path / 'ca.crt'}"
+    )
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0
+    assert f"nothing answers at 127.0.0.1:{port} now" in result.stderr
+    assert "keeps retrying" in result.stderr
+    bad = subprocess.run(
+        ["bash", "-c", script.replace(f"127.0.0.1:{port}", "no-port-given")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert bad.returncode != 0 and "must be HOST:PORT" in bad.stderr
