@@ -386,10 +386,9 @@ class TaskAwareFedAvg(FedAvg):
         return self.evaluate_metrics_aggr_fn(usable, self.weighted_by_key)
 
 
-class TaskAwareFedProx(FedProx, TaskAwareFedAvg):
-    """FedProx on parameter groups: sends ``proximal-mu``; the client adds the proximal term
-    over the travelling groups it trains. Arguments as :class:`TaskAwareFedAvg` plus
-    ``proximal_mu``."""
+class _TaskAwareOptions:
+    """Takes the task-aware arguments ahead of a Flower strategy whose ``__init__`` does not
+    know them (FedProx, FedAdam, FedYogi), then sets them after it has run."""
 
     def __init__(
         self,
@@ -402,6 +401,12 @@ class TaskAwareFedProx(FedProx, TaskAwareFedAvg):
     ) -> None:
         super().__init__(**kwargs)
         self._init_task_aware(heads, robust, seed, node_wait_timeout)
+
+
+class TaskAwareFedProx(_TaskAwareOptions, FedProx, TaskAwareFedAvg):
+    """FedProx on parameter groups: sends ``proximal-mu``; the client adds the proximal term
+    over the travelling groups it trains. Arguments as :class:`TaskAwareFedAvg` plus
+    ``proximal_mu``."""
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -467,40 +472,16 @@ class _GroupedFedOpt:
             setattr(self, name, moments or None)
 
 
-class TaskAwareFedAdam(_GroupedFedOpt, FedAdam, TaskAwareFedAvg):
+class TaskAwareFedAdam(_TaskAwareOptions, _GroupedFedOpt, FedAdam, TaskAwareFedAvg):
     """FedAdam (Reddi et al. 2021, arXiv:2003.00295) on the filled-in travelling groups.
     Arguments as :class:`TaskAwareFedAvg` plus FedAdam's ``eta``, ``eta_l``, ``beta_1``,
     ``beta_2``, ``tau``."""
 
-    def __init__(
-        self,
-        *,
-        heads: HeadsMode = "local",
-        robust: RobustOptions | None = None,
-        seed: int = 0,
-        node_wait_timeout: float = 600.0,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self._init_task_aware(heads, robust, seed, node_wait_timeout)
 
-
-class TaskAwareFedYogi(_GroupedFedOpt, FedYogi, TaskAwareFedAvg):
+class TaskAwareFedYogi(_TaskAwareOptions, _GroupedFedOpt, FedYogi, TaskAwareFedAvg):
     """FedYogi (Reddi et al. 2021, arXiv:2003.00295) on the filled-in travelling groups.
     Arguments as :class:`TaskAwareFedAvg` plus FedYogi's ``eta``, ``eta_l``, ``beta_1``,
     ``beta_2``, ``tau``."""
-
-    def __init__(
-        self,
-        *,
-        heads: HeadsMode = "local",
-        robust: RobustOptions | None = None,
-        seed: int = 0,
-        node_wait_timeout: float = 600.0,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self._init_task_aware(heads, robust, seed, node_wait_timeout)
 
 
 STRATEGIES: dict[str, Callable[..., TaskAwareFedAvg]] = {
