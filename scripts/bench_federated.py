@@ -66,6 +66,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from bench_common import finite, json_safe, mean_sd, number_text, replace_section, write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -121,11 +123,6 @@ DEPLOYMENT_CASES_PER_SITE = 150
 # --------------------------------------------------------------------------- pure parts
 
 
-def finite(value: Any) -> bool:
-    """Whether ``value`` is a finite number (not ``None``, NaN or a bool)."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def oriented_ratio(value: float | None, reference: float | None, higher_is_better: bool) -> float:
     """How ``value`` compares with ``reference``: above 1 is better, whatever the direction.
 
@@ -163,14 +160,6 @@ def weighted_site_mean(
         task: {m: (s / w if w > 0 else math.nan) for m, (s, w) in metrics.items()}
         for task, metrics in totals.items()
     }
-
-
-def mean_sd(values: Sequence[float | None]) -> dict[str, float | int]:
-    """Mean and sample standard deviation of the finite values (NaN where undefined)."""
-    kept = [float(v) for v in values if finite(v)]
-    mean = statistics.fmean(kept) if kept else math.nan
-    sd = statistics.stdev(kept) if len(kept) > 1 else math.nan
-    return {"mean": mean, "sd": sd, "n": len(kept)}
 
 
 def summarise(
@@ -308,10 +297,6 @@ def byte_excess(serialized: int, raw: int) -> float:
     return abs(serialized / raw - 1.0) if raw > 0 else math.nan
 
 
-def _number(value: float | None, digits: int = 3) -> str:
-    return "n/a" if not finite(value) else f"{value:.{digits}g}"
-
-
 def render_table(suite: Mapping[str, Any]) -> str:
     """A markdown table of one suite: every variant's task metrics (mean ± sd over seeds).
 
@@ -329,8 +314,8 @@ def render_table(suite: Mapping[str, Any]) -> str:
         cells = [variant]
         for task, metric, _ in columns:
             stats = scores[task][metric]
-            spread = f" ± {_number(stats['sd'], 2)}" if finite(stats["sd"]) else ""
-            cells.append(f"{_number(stats['mean'])}{spread}")
+            spread = f" ± {number_text(stats['sd'], 2)}" if finite(stats["sd"]) else ""
+            cells.append(f"{number_text(stats['mean'])}{spread}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -362,8 +347,8 @@ def render_section(report: Mapping[str, Any]) -> str:
             render_table(suite),
             "",
             f"Federated / centralised CTAN (primary metrics, worst task): "
-            f"{_number(checks.get('fed_over_central'))} (target ≥ {RATIO_TO_CENTRAL_MIN}); "
-            f"federated CTAN / sites alone: {_number(checks.get('fed_over_alone'))} "
+            f"{number_text(checks.get('fed_over_central'))} (target ≥ {RATIO_TO_CENTRAL_MIN}); "
+            f"federated CTAN / sites alone: {number_text(checks.get('fed_over_alone'))} "
             "(target > 1).",
             "",
         ]
@@ -391,9 +376,9 @@ def render_measurements(report: Mapping[str, Any]) -> list[str]:
     if overhead:
         lines.append(
             f"- overhead: train wall time / sum of sites' local training = "
-            f"{_number(overhead['ratio'])} over {overhead['rounds']} rounds with ≥ "
+            f"{number_text(overhead['ratio'])} over {overhead['rounds']} rounds with ≥ "
             f"{overhead['min_train_seconds']:.0f} s of local training (target ≤ {OVERHEAD_MAX}); "
-            f"{_number(overhead['all_rounds_ratio'])} over all rounds. The simulation runs "
+            f"{number_text(overhead['all_rounds_ratio'])} over all rounds. The simulation runs "
             f"{overhead['concurrency']} sites at once on {report['machine']['cpu_count']} cores, "
             "so sites train in parallel and the ratio can fall below 1; each site's own "
             "training time is stretched by sharing the cores."
@@ -404,50 +389,13 @@ def render_measurements(report: Mapping[str, Any]) -> list[str]:
             f"- overhead deployed over TLS on 127.0.0.1 (a real SuperLink and "
             f"{deployed['sites']} SuperNodes, {deployed['cases_per_site']} phantom cases each, "
             f"{deployed['local_epochs']} local epochs a round): "
-            f"{_number(deployed['ratio'])} over {deployed['rounds']} rounds with ≥ "
+            f"{number_text(deployed['ratio'])} over {deployed['rounds']} rounds with ≥ "
             f"{deployed['min_train_seconds']:.0f} s of local training (target ≤ {OVERHEAD_MAX}); "
-            f"{_number(deployed['all_rounds_ratio'])} over all rounds."
+            f"{number_text(deployed['all_rounds_ratio'])} over all rounds."
         )
     else:
         lines.append("- overhead deployed over TLS: not measured (`--only-overhead deployment`).")
     return [*lines, ""]
-
-
-def replace_section(text: str, body: str, name: str) -> str:
-    """``text`` with what lies between ``<!-- name:start -->`` and ``<!-- name:end -->`` replaced.
-
-    Other sections are left alone; without the markers the section is appended.
-
-    Raises:
-        ValueError: only one marker is present, or the end comes before the start.
-    """
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    block = f"{start}\n{body.strip()}\n{end}"
-    has_start, has_end = start in text, end in text
-    if has_start and has_end and text.index(start) < text.index(end):
-        return text[: text.index(start)] + block + text[text.index(end) + len(end) :]
-    if has_start or has_end:
-        raise ValueError(f"markers {start} and {end} must both appear, start first")
-    return (text.rstrip() + "\n\n" if text.strip() else "") + block + "\n"
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` with non-finite floats as ``None`` (strict JSON has no NaN)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    return value
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write ``text`` atomically (a temporary file renamed into place)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    temporary.replace(path)
 
 
 # --------------------------------------------------------------------------- training
@@ -798,7 +746,7 @@ def concurrency(sites: int) -> int:
 def primary_scores(record: Mapping[str, Any], metrics: Mapping[str, Mapping[str, float]]) -> str:
     """``task=value`` of every task's primary metric, for progress lines."""
     return " ".join(
-        f"{t['name']}.{t['metrics'][0]}={_number(metrics[t['name']][t['metrics'][0]], 4)}"
+        f"{t['name']}.{t['metrics'][0]}={number_text(metrics[t['name']][t['metrics'][0]], 4)}"
         for t in record["tasks"]
     )
 

@@ -58,6 +58,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
+from bench_common import json_safe, mean_sd, number_text, replace_section, write_text
 
 from ctan.checkpoint import load_checkpoint
 from ctan.config import Config, load_config
@@ -110,14 +111,6 @@ QUICK_SEEDS = (0, 1)
 
 
 # --------------------------------------------------------------------------- aggregation
-
-
-def mean_sd(values: Sequence[float | None]) -> dict[str, float | int]:
-    """Mean and sample standard deviation of the finite values (NaN where undefined)."""
-    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
-    mean = statistics.fmean(finite) if finite else math.nan
-    sd = statistics.stdev(finite) if len(finite) > 1 else math.nan
-    return {"mean": mean, "sd": sd, "n": len(finite)}
 
 
 def seed_delta_m(
@@ -182,10 +175,6 @@ def summarise(runs: Sequence[Mapping[str, Any]], tasks: Sequence[TaskSpec]) -> d
 # --------------------------------------------------------------------------- rendering
 
 
-def _number(value: float | None, digits: int = 3) -> str:
-    return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}g}"
-
-
 def _arrow(metric: str) -> str:
     return "↑" if METRICS[metric].higher_is_better else "↓"
 
@@ -206,8 +195,8 @@ def render_table(summary: Mapping[str, Any], tasks: Sequence[Mapping[str, Any]])
         for task, metric in columns:
             stats = row["metrics"][task][metric]
             sd = stats["sd"]
-            spread = "" if sd is None or not math.isfinite(sd) else f" ± {_number(sd, 2)}"
-            cells.append(f"{_number(stats['mean'])}{spread}")
+            spread = "" if sd is None or not math.isfinite(sd) else f" ± {number_text(sd, 2)}"
+            cells.append(f"{number_text(stats['mean'])}{spread}")
         if arch == "stl":
             cells.append("0 (reference)")
         else:
@@ -218,7 +207,7 @@ def render_table(summary: Mapping[str, Any], tasks: Sequence[Mapping[str, Any]])
             else:
                 ci_text = "n/a" if ci is None or not math.isfinite(ci) else f"{ci:.2f}"
                 cells.append(f"{mean:+.2f} ± {ci_text} (n={len(delta['values'])})")
-        cells.append(_number(row["epoch_ratio_to_hps"], 3))
+        cells.append(number_text(row["epoch_ratio_to_hps"], 3))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -265,24 +254,6 @@ def render_section(report: Mapping[str, Any], plot_name: str | None) -> str:
     return "\n".join(lines)
 
 
-def replace_section(text: str, body: str, name: str = SECTION) -> str:
-    """``text`` with what lies between ``<!-- name:start -->`` and ``<!-- name:end -->`` replaced.
-
-    Other sections of the file are left alone; without the markers the section is appended.
-
-    Raises:
-        ValueError: only one marker is present, or the end comes before the start.
-    """
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    block = f"{start}\n{body.strip()}\n{end}"
-    has_start, has_end = start in text, end in text
-    if has_start and has_end and text.index(start) < text.index(end):
-        return text[: text.index(start)] + block + text[text.index(end) + len(end) :]
-    if has_start or has_end:
-        raise ValueError(f"markers {start} and {end} must both appear, start first")
-    return (text.rstrip() + "\n\n" if text.strip() else "") + block + "\n"
-
-
 def plot_delta_m(suites: Mapping[str, Any], path: Path, target: float | None = None) -> Path:
     """Bars of Δm against STL per suite and architecture, with 95% CI error bars."""
     archs = [a for a in ARCHS if a != "stl"]
@@ -309,25 +280,6 @@ def plot_delta_m(suites: Mapping[str, Any], path: Path, target: float | None = N
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return path
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` with non-finite floats as ``None`` (strict JSON has no NaN)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    return value
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write ``text`` atomically (a temporary file renamed into place)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    temporary.replace(path)
 
 
 # --------------------------------------------------------------------------- training

@@ -1,0 +1,64 @@
+"""Helpers the benchmark scripts share: summaries, number formatting, JSON and markdown output."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+
+def finite(value: Any) -> bool:
+    """Whether ``value`` is a finite number (not ``None``, NaN or a bool)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def mean_sd(values: Sequence[float | None]) -> dict[str, float | int]:
+    """Mean, sample standard deviation and count of the finite values (NaN when undefined)."""
+    kept = [float(v) for v in values if finite(v)]
+    mean = statistics.fmean(kept) if kept else math.nan
+    sd = statistics.stdev(kept) if len(kept) > 1 else math.nan
+    return {"mean": mean, "sd": sd, "n": len(kept)}
+
+
+def number_text(value: float | None, digits: int = 3) -> str:
+    """``value`` with ``digits`` significant digits, ``n/a`` when it is not a finite number."""
+    return "n/a" if not finite(value) else f"{value:.{digits}g}"
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with non-finite floats as ``None`` (strict JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` atomically (a temporary file renamed into place)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    temporary.replace(path)
+
+
+def replace_section(text: str, body: str, name: str) -> str:
+    """``text`` with what lies between ``<!-- name:start -->`` and ``<!-- name:end -->`` replaced.
+
+    Other sections of the file are left alone; without the markers the section is appended.
+
+    Raises:
+        ValueError: only one marker is present, or the end comes before the start.
+    """
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    block = f"{start}\n{body.strip()}\n{end}"
+    has_start, has_end = start in text, end in text
+    if has_start and has_end and text.index(start) < text.index(end):
+        return text[: text.index(start)] + block + text[text.index(end) + len(end) :]
+    if has_start or has_end:
+        raise ValueError(f"markers {start} and {end} must both appear, start first")
+    return (text.rstrip() + "\n\n" if text.strip() else "") + block + "\n"
