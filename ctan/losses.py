@@ -289,6 +289,45 @@ def build_task_loss(spec: TaskSpec, class_weights: Tensor | None = None) -> Task
     return MaskedL1Loss(spec)
 
 
+def class_weights_from_cases(tasks: Sequence[TaskSpec], cases: Sequence[Any]) -> dict[str, Tensor]:
+    """The loss class weights of every task whose spec sets ``class_weights``.
+
+    A list is used as given. ``"balanced"`` is computed from the labelled ``cases`` (objects
+    with ``labels`` and ``has_label``, such as :class:`ctan.data.base.Case`): for exclusive
+    classes ``n / (K * n_k)`` (scikit-learn's "balanced"; 0 for a class without examples,
+    whose weight never applies), for independent labels ``negatives / positives`` per label
+    (1 where a label has no positive example).
+
+    Returns:
+        ``{task name: (classes,) float32 tensor}`` for the tasks that set weights.
+    """
+    weights: dict[str, Tensor] = {}
+    for spec in tasks:
+        if spec.class_weights is None:
+            continue
+        if spec.class_weights != "balanced":
+            weights[spec.name] = torch.tensor(spec.class_weights, dtype=torch.float32)
+            continue
+        values = [c.labels[spec.label] for c in cases if c.has_label(spec.label)]
+        if spec.exclusive:
+            counts = torch.bincount(
+                torch.tensor([int(v) for v in values], dtype=torch.long), minlength=spec.classes
+            ).to(torch.float32)
+            balanced = len(values) / (spec.classes * counts.clamp(min=1))
+            weights[spec.name] = torch.where(counts > 0, balanced, torch.zeros_like(balanced))
+        else:
+            labels = torch.tensor(
+                [[float(x) for x in torch.as_tensor(v).flatten()] for v in values],
+                dtype=torch.float32,
+            ).reshape(-1, spec.classes)
+            positives = (labels >= 0.5).sum(dim=0).to(torch.float32)
+            negatives = labels.shape[0] - positives
+            weights[spec.name] = torch.where(
+                positives > 0, negatives / positives.clamp(min=1), torch.ones_like(positives)
+            )
+    return weights
+
+
 def labelled_samples(spec: TaskSpec, mask: Tensor) -> Tensor:
     """Which samples carry any label for the task: ``(B, C)`` or ``(B,)`` -> ``(B,)`` float."""
     if spec.is_pixel_task:

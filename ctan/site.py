@@ -35,6 +35,7 @@ from ctan.engine import (
     resolve_device,
     seed_everything,
 )
+from ctan.losses import class_weights_from_cases
 from ctan.models import build_model, parameter_groups, trainable_groups
 from ctan.models.groups import ENCODER_GROUP, group_of
 from ctan.training import companions
@@ -294,7 +295,12 @@ class SiteRunner:
         trained = trainable_groups(model, self.site.tasks)
         device = resolve_device(self.site.device)
         trainer = TaskTrainer(
-            model, self.config.tasks, self.config.train, device, companions=companions(self.config)
+            model,
+            self.config.tasks,
+            self.config.train,
+            device,
+            companions=companions(self.config),
+            class_weights=class_weights_from_cases(self.config.tasks, self.splits()["train"]),
         )
         if previous is not None:
             trainer.load_state_dict(previous["trainer"])

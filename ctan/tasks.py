@@ -78,6 +78,11 @@ class TaskSpec(BaseModel):
         label: the data field this task is trained on; defaults to ``name``.
         companion: the label key a metric needs besides the task's own: the COVID label whose
             positive cases ``severity_auc`` is restricted to. Required by that metric.
+        class_weights: classification only. A list of one non-negative weight per class (for
+            ``exclusive`` tasks the weight of a sample's true class, otherwise the weight of each
+            label's positive examples), or ``"balanced"``: computed from the training labels
+            each party holds (:func:`ctan.losses.class_weights_from_cases`), so that rare
+            classes count as much as common ones, which is what balanced accuracy rewards.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -89,6 +94,7 @@ class TaskSpec(BaseModel):
     metrics: list[str] = Field(default_factory=list)
     label: str | None = None
     companion: str | None = None
+    class_weights: list[float] | Literal["balanced"] | None = None
 
     @field_validator("name")
     @classmethod
@@ -132,6 +138,18 @@ class TaskSpec(BaseModel):
         object.__setattr__(self, "metrics", metrics)
         if self.label is None:
             object.__setattr__(self, "label", self.name)
+        if self.class_weights is not None:
+            if self.kind != "classification":
+                raise ValueError(
+                    f"class_weights apply to classification tasks only, not to a {self.kind} task"
+                )
+            if isinstance(self.class_weights, list) and (
+                len(self.class_weights) != self.classes or min(self.class_weights) < 0
+            ):
+                raise ValueError(
+                    f"class_weights must be {self.classes} non-negative numbers (one per class) "
+                    f'or "balanced", got {self.class_weights}'
+                )
         return self
 
     @property

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from ctan.losses import build_task_loss, labelled_counts, task_losses
+from ctan.data.base import Case
+from ctan.losses import build_task_loss, class_weights_from_cases, labelled_counts, task_losses
 from ctan.tasks import TaskSpec
 
 SEG = TaskSpec(name="lesion", kind="segmentation", classes=1)
@@ -82,6 +83,48 @@ def test_class_weight_errors_name_the_argument() -> None:
         build_task_loss(SEG, class_weights=torch.ones(1))
     with pytest.raises(ValueError, match="3 values"):
         build_task_loss(DX, class_weights=torch.ones(2))
+
+
+def _case(index: int, label: object) -> Case:
+    return Case(
+        case_id=f"c{index}",
+        group=f"c{index}",
+        site=None,
+        labels={"dx": label},
+        available={"dx": label is not None},
+    )
+
+
+def test_balanced_class_weights_from_training_labels() -> None:
+    spec = TaskSpec(name="dx", kind="classification", classes=3, class_weights="balanced")
+    cases = [_case(i, y) for i, y in enumerate([0, 0, 0, 0, 1, 1, None, None])]
+    weights = class_weights_from_cases([spec, SEG], cases)
+    assert list(weights) == ["dx"]
+    # n = 6 labelled, K = 3: class 0 -> 6 / (3 * 4), class 1 -> 6 / (3 * 2), class 2 absent -> 0
+    assert torch.allclose(weights["dx"], torch.tensor([0.5, 1.0, 0.0]))
+
+
+def test_balanced_positive_weights_and_listed_weights() -> None:
+    binary = TaskSpec(
+        name="covid", kind="classification", classes=1, label="dx", class_weights="balanced"
+    )
+    cases = [_case(i, y) for i, y in enumerate([1.0, 0.0, 0.0, 0.0, None])]
+    assert torch.allclose(class_weights_from_cases([binary], cases)["covid"], torch.tensor([3.0]))
+    none_positive = [_case(i, 0.0) for i in range(3)]
+    assert class_weights_from_cases([binary], none_positive)["covid"].tolist() == [1.0]
+    listed = TaskSpec(name="dx", kind="classification", classes=3, class_weights=[1, 2, 0.5])
+    assert class_weights_from_cases([listed], [])["dx"].tolist() == [1.0, 2.0, 0.5]
+
+
+def test_class_weights_in_the_task_spec_are_checked() -> None:
+    with pytest.raises(ValueError, match="classification tasks only"):
+        TaskSpec(name="seg", kind="segmentation", classes=1, class_weights="balanced")
+    with pytest.raises(ValueError, match="3 non-negative numbers"):
+        TaskSpec(name="dx", kind="classification", classes=3, class_weights=[1, 2])
+    with pytest.raises(ValueError, match="3 non-negative numbers"):
+        TaskSpec(name="dx", kind="classification", classes=3, class_weights=[1, -2, 1])
+    with pytest.raises(ValueError):
+        TaskSpec(name="dx", kind="classification", classes=3, class_weights="inverse")
 
 
 def test_shape_errors() -> None:
