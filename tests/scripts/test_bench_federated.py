@@ -101,9 +101,13 @@ def test_round_overheads_and_summary_count_rounds_with_enough_training():
     rounds = bench.round_overheads(rows)
     assert [r["round"] for r in rounds] == [1, 2]
     assert rounds[0]["ratio"] == pytest.approx(0.55)
+    assert rounds[0]["slowest_site_seconds"] == 30
+    assert rounds[0]["critical_ratio"] == pytest.approx(1.1)
+    assert math.isnan(rounds[1]["critical_ratio"])
     summary = bench.overhead_summary([{"name": "x", "rounds": rounds}], min_train_seconds=30)
     assert summary["rounds"] == 1
     assert summary["ratio"] == pytest.approx(0.55)
+    assert summary["critical_ratio"] == pytest.approx(1.1)
     assert summary["all_rounds_ratio"] == pytest.approx((0.55 + 1.1) / 2)
     none = bench.overhead_summary([{"name": "x", "rounds": rounds[1:]}], min_train_seconds=30)
     assert math.isnan(none["ratio"])
