@@ -187,6 +187,16 @@ class SiteRunner:
         signature = model_signature(model)
         counts = self.labelled_counts()
         lacking = [t for t, n in counts.items() if n == 0]
+        if lacking:
+            held = [t for t in self.site.tasks if t not in lacking]
+            logger.log(
+                logging.ERROR if not held else logging.WARNING,
+                "site %s: no labels for %s in %s; %s. Check the data with `ctan data check`.",
+                self.site.name,
+                lacking,
+                self.site.data.root if self.site.data is not None else "its cases",
+                "the server will refuse this site" if not held else "it trains only " + str(held),
+            )
         return {
             "site": self.site.name,
             "tasks": [t for t in self.site.tasks if t not in lacking],

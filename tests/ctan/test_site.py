@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -143,11 +144,14 @@ def test_run_config_overrides(tmp_path):
         config_from_run_config({"config": "configs/demo.yaml", "round": 1}, root)
 
 
-def test_site_without_labels_for_its_tasks_reports_none(fed, tmp_path):
+def test_site_without_labels_for_its_tasks_reports_none(fed, tmp_path, caplog):
     site = simulated_site(fed, 2, tmp_path)
     unlabelled = simulated_site_cases(fed, "b")
-    info = SiteRunner(fed, site, unlabelled).describe()
+    with caplog.at_level(logging.WARNING, logger="ctan.site"):
+        info = SiteRunner(fed, site, unlabelled).describe()
     assert info["tasks"] == [] and info["tasks-without-labels"] == ["diagnosis"]
+    assert "no labels for ['diagnosis']" in caplog.text
+    assert "the server will refuse this site" in caplog.text
 
 
 def test_site_asking_for_privacy_refuses_to_train_without_it(fed, tmp_path):
