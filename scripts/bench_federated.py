@@ -729,24 +729,31 @@ class Report:
                 "overhead_min_train_seconds": OVERHEAD_MIN_TRAIN_SECONDS,
             },
         }
-        self.federated_runs: list[dict[str, Any]] = []
+        self.federated_runs: dict[str, dict[str, Any]] = {
+            run["name"]: run for run in self.data.get("federated_runs", [])
+        }
 
     def add_federated(self, name: str, result: Mapping[str, Any], concurrency: int) -> None:
-        """Keep a federated run's round overheads and head check."""
-        self.federated_runs.append(
-            {"name": name, "rounds": result["rounds"], "heads": result["heads"]}
-        )
-        logs = [h for run in self.federated_runs for h in run["heads"].values()]
+        """Keep a federated run's round overheads and head check, with those of earlier
+        invocations (a rerun of the same run replaces it)."""
+        self.federated_runs[name] = {
+            "name": name,
+            "rounds": result["rounds"],
+            "heads": result["heads"],
+        }
+        self.data["federated_runs"] = list(self.federated_runs.values())
+        runs = self.data["federated_runs"]
+        logs = [h for run in runs for h in run["heads"].values()]
         replies = [e for e in self.data["bytes"].values() if e["head_groups"]]
         self.data["heads"] = {
             "head_groups": sorted({g for h in logs for g in h["groups"]}),
             "head_bytes_sent": sum(h["bytes"] for h in logs) + sum(e["raw_bytes"] for e in replies),
             "sites_checked": len(logs),
-            "runs_checked": len(self.federated_runs),
+            "runs_checked": len(runs),
         }
-        self.data["overhead"] = overhead_summary(self.federated_runs) | {
+        self.data["overhead"] = overhead_summary(runs) | {
             "concurrency": concurrency,
-            "runs": [{"name": r["name"], "rounds": r["rounds"]} for r in self.federated_runs],
+            "runs": [{"name": r["name"], "rounds": r["rounds"]} for r in runs],
         }
 
     def write(self) -> None:

@@ -221,3 +221,18 @@ def test_suites_point_at_federated_configs():
     for suite in bench.SUITES.values():
         assert (bench.ROOT / suite.config).is_file()
         assert suite.config.startswith("configs/federated/")
+
+
+def test_report_keeps_federated_runs_of_earlier_invocations(tmp_path: Path):
+    path, docs = tmp_path / "bench_federated.json", tmp_path / "benchmarks.md"
+    rounds = [{"round": 1, "train_wall_seconds": 40.0, "site_train_seconds": 50.0, "ratio": 0.8}]
+    heads = {"a": {"groups": [], "bytes": 0}, "b": {"groups": [], "bytes": 0}}
+    first = bench.Report(path, docs, quick=True)
+    first.add_federated("derm/seed0/ctan", {"rounds": rounds, "heads": heads}, 2)
+    first.write()
+    second = bench.Report(path, docs, quick=True)
+    second.add_federated("overhead", {"rounds": rounds, "heads": heads}, 2)
+    second.add_federated("derm/seed0/ctan", {"rounds": rounds, "heads": heads}, 2)
+    assert second.data["heads"]["runs_checked"] == 2
+    assert second.data["heads"]["sites_checked"] == 4
+    assert second.data["overhead"]["rounds"] == 2
