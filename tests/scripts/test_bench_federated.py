@@ -2,27 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
-from types import ModuleType
 
+import bench_federated as bench
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_federated.py"
-
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_federated", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load()
 
 TASKS = [
     {"name": "dose", "metrics": ["dose_score", "dvh_score"], "higher_is_better": [False, False]},

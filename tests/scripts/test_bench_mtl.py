@@ -2,29 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
-from types import ModuleType
 
+import bench_mtl as bench
 import pytest
 
 from ctan.tasks import TaskSpec
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_mtl.py"
-
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_mtl", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load()
 
 TASKS = [
     TaskSpec(name="dose", kind="regression", classes=1, metrics=["mae"]),

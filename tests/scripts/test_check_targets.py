@@ -2,26 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 
+import check_targets as targets
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "check_targets.py"
-
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("check_targets", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-targets = _load()
 
 
 def _mtl(ctan: float, hps: float, mtan: float, complete: bool = True) -> dict:

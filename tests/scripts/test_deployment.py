@@ -7,7 +7,6 @@ Every process is stopped by its PID (process group) in a finalizer, also when a 
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import socket
 import stat
@@ -16,21 +15,10 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 
+import local_federation as local
 import pytest
 
-
-def _load() -> ModuleType:
-    path = Path(__file__).resolve().parents[2] / "scripts" / "local_federation.py"
-    spec = importlib.util.spec_from_file_location("local_federation", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-local = _load()
 FLOWER_BIN = local.FLOWER_BIN
 script_env, run_script, free_port = local.script_env, local.run_script, local.free_port
 stop_group, stop_process, children_of = local.stop_group, local.stop_process, local.children_of
