@@ -376,6 +376,16 @@ def render_section(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _overhead_text(summary: Mapping[str, Any]) -> str:
+    """An :func:`overhead_summary` in words: the target ratio, all rounds, the slowest site."""
+    return (
+        f"{number_text(summary['ratio'])} over {summary['rounds']} rounds with ≥ "
+        f"{summary['min_train_seconds']:.0f} s of local training (target ≤ {OVERHEAD_MAX}); "
+        f"{number_text(summary['all_rounds_ratio'])} over all rounds; against the slowest site "
+        f"instead of the sum: {number_text(summary.get('critical_ratio'))}"
+    )
+
+
 def render_measurements(report: Mapping[str, Any]) -> list[str]:
     """Markdown lines for bytes, head bytes and round overhead."""
     lines = ["#### Bytes, heads and overhead", ""]
@@ -396,11 +406,7 @@ def render_measurements(report: Mapping[str, Any]) -> list[str]:
     if overhead:
         lines.append(
             f"- overhead: train wall time / sum of sites' local training = "
-            f"{number_text(overhead['ratio'])} over {overhead['rounds']} rounds with ≥ "
-            f"{overhead['min_train_seconds']:.0f} s of local training (target ≤ {OVERHEAD_MAX}); "
-            f"{number_text(overhead['all_rounds_ratio'])} over all rounds; against the slowest "
-            f"site instead of the sum: {number_text(overhead.get('critical_ratio'))}. The "
-            "simulation runs "
+            f"{_overhead_text(overhead)}. The simulation runs "
             f"{overhead['concurrency']} sites at once on {report['machine']['cpu_count']} cores, "
             "so sites train in parallel and the ratio can fall below 1; each site's own "
             "training time is stretched by sharing the cores."
@@ -410,12 +416,8 @@ def render_measurements(report: Mapping[str, Any]) -> list[str]:
         lines.append(
             f"- overhead deployed over TLS on 127.0.0.1 (a real SuperLink and "
             f"{deployed['sites']} SuperNodes, {deployed['cases_per_site']} phantom cases each, "
-            f"{deployed['local_epochs']} local epochs a round): "
-            f"{number_text(deployed['ratio'])} over {deployed['rounds']} rounds with ≥ "
-            f"{deployed['min_train_seconds']:.0f} s of local training (target ≤ {OVERHEAD_MAX}); "
-            f"{number_text(deployed['all_rounds_ratio'])} over all rounds; against the slowest "
-            f"site instead of the sum: {number_text(deployed.get('critical_ratio'))} (the two "
-            "SuperNodes share the 2 cores)."
+            f"{deployed['local_epochs']} local epochs a round): {_overhead_text(deployed)} "
+            f"(the SuperNodes share the {report['machine']['cpu_count']} cores)."
         )
     else:
         lines.append("- overhead deployed over TLS: not measured (`--only-overhead deployment`).")

@@ -38,6 +38,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 SCRIPTS = ROOT / "scripts"
 FLOWER_BIN = Path(sys.executable).parent
+#: data formats the phantom generators write (``ctan data synth``)
+PHANTOM_LAYOUTS = ("ham10000", "openkbp", "stoic")
 #: what a coordinator's app folder holds: this project's code and its configs
 APP_FILES = (
     "ctan",
@@ -328,10 +330,11 @@ def phantom_site_root(data_format: str, folder: Path, cases: int, seed: int) -> 
     """One site's own phantom data in the layout ``data_format`` names."""
     from ctan.data.phantoms import write_phantoms
 
-    layout = {"ham10000": "ham10000", "openkbp": "openkbp", "stoic": "stoic"}.get(data_format)
-    if layout is None:
-        raise ValueError(f"no phantom layout for data.format {data_format!r}")
-    return write_phantoms(layout, folder, cases=cases, sites=1, seed=seed)
+    if data_format not in PHANTOM_LAYOUTS:
+        raise ValueError(
+            f"no phantom layout for data.format {data_format!r}; allowed: {PHANTOM_LAYOUTS}"
+        )
+    return write_phantoms(data_format, folder, cases=cases, sites=1, seed=seed)
 
 
 def run_local_federation(
