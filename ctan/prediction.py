@@ -1,8 +1,9 @@
 """Evaluation and prediction with saved checkpoints.
 
-OpenKBP dose is scored the official way: predictions over the crop box are mapped back onto the
-native 128^3 grid of each patient (:func:`ctan.data.openkbp.to_native`) and compared with the
-reference dose, structures and voxel size read from the patient's own CSVs.
+OpenKBP is scored per patient on the native 128^3 grid: predictions over the crop box are mapped
+back (:func:`ctan.data.openkbp.to_native`) and compared with the reference dose, structures and
+voxel size read from the patient's own CSVs (dose the official way; organs by Dice per contoured
+organ).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import io
 import logging
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,6 @@ from ctan.tasks import TaskSpec
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".nii", ".nii.gz", ".mha", ".mhd", ".nrrd")
-NATIVE_DOSE_METRICS = ("dose_score", "dvh_score")
 #: spatial dimensions of the files each format reads, whatever the model's spatial_dims
 INPUT_DIMS = {"ham10000": 2, "stoic": 3}
 
@@ -43,7 +44,8 @@ def trainer_for(checkpoint: Checkpoint, config: Config | None = None) -> TaskTra
 
 
 def evaluate_cases(trainer: TaskTrainer, config: Config, cases: Sequence[Case]) -> Evaluation:
-    """Score ``cases``; OpenKBP dose metrics are replaced by their native-grid values."""
+    """Score ``cases``; OpenKBP dose and organ metrics are replaced by their native-grid values
+    (:func:`openkbp_native_scores`)."""
     from ctan.data.dataset import CaseDataset
 
     loader = make_loader(
@@ -113,33 +115,53 @@ def collect_predictions(
 def openkbp_native_scores(
     trainer: TaskTrainer, config: Config, cases: Sequence[Case]
 ) -> dict[str, dict[str, float]]:
-    """Official OpenKBP dose and DVH scores of the dose task(s) on the native grid.
+    """OpenKBP scores on the native grid: dose and DVH scores, organ Dice per patient.
+
+    Dose (regression tasks reading the ``dose`` label) is scored with the official dose and DVH
+    scores. Organs (segmentation tasks reading the ``organs`` label) get ``dice``/``iou`` per
+    (patient, contoured organ) inside the crop box the model sees, averaged over those pairs.
+    On slices, most (slice, organ) pairs have an empty reference, which slice-level Dice scores
+    as 1 when the prediction is empty too: an all-empty prediction would score about 0.7. Per
+    patient, an organ that is contoured is present, so missing it scores 0.
 
     Returns:
-        ``{task: {"dose_score": mean over patients, "dvh_score": mean over all DVH errors}}``
-        for each regression task reading the ``dose`` label; patients without a reference dose
-        are skipped.
+        ``{task: {metric: value}}`` for those tasks; patients without a reference dose are not
+        scored for dose.
     """
     from ctan.data.openkbp import ORGANS, ROI_KEY, TARGETS, read_patient, read_voxel_dimensions
     from ctan.metrics import dose_score, dvh_errors
 
     dose_tasks = [t for t in config.tasks if t.kind == "regression" and t.label == "dose"]
-    if not dose_tasks:
+    organ_tasks = [
+        t
+        for t in config.tasks
+        if t.kind == "segmentation" and t.label == "organs" and set(t.metrics) & {"dice", "iou"}
+    ]
+    if not dose_tasks and not organ_tasks:
         return {}
     predictions = collect_predictions(trainer, config, cases)
-    volumes = assemble_patients(cases, predictions, [t.name for t in dose_tasks])
-    scores: dict[str, dict[str, list]] = {t.name: defaultdict(list) for t in dose_tasks}
-    for patient, (folder, by_task) in volumes.items():
-        reference = read_patient(folder)
+    patients = assemble_patients(cases, predictions, [t.name for t in dose_tasks + organ_tasks])
+    scores: dict[str, dict[str, list]] = {
+        t.name: defaultdict(list) for t in dose_tasks + organ_tasks
+    }
+    for patient in patients:
+        reference = read_patient(patient.folder)
+        for task in organ_tasks:
+            overlaps = organ_overlaps(task, patient.outputs[task.name], reference, patient.box)
+            for metric in set(task.metrics) & {"dice", "iou"}:
+                scores[task.name][metric].extend(o[metric] for o in overlaps.values())
+        if not dose_tasks:
+            continue
         if "dose" not in reference:
-            logger.info("patient %s has no reference dose; not scored", patient)
+            logger.info("patient %s has no reference dose; not scored", patient.patient_id)
             continue
         structures = {n: reference[n] for n in (*ORGANS, *TARGETS) if n in reference}
-        voxels = read_voxel_dimensions(folder / "voxel_dimensions.csv")
-        for task, native in by_task.items():
-            mask = reference[ROI_KEY]
-            scores[task]["dose_score"].append(dose_score(reference["dose"], native, mask))
-            scores[task]["dvh_score"].extend(
+        voxels = read_voxel_dimensions(patient.folder / "voxel_dimensions.csv")
+        mask = reference[ROI_KEY]
+        for task in dose_tasks:
+            native = patient.native_dose(task.name)
+            scores[task.name]["dose_score"].append(dose_score(reference["dose"], native, mask))
+            scores[task.name]["dvh_score"].extend(
                 dvh_errors(reference["dose"], native, structures, voxels, mask).tolist()
             )
     return {
@@ -148,37 +170,103 @@ def openkbp_native_scores(
     }
 
 
+def organ_overlaps(
+    task: TaskSpec,
+    output: np.ndarray,
+    reference: Mapping[str, np.ndarray],
+    box: tuple[tuple[int, int], ...],
+    threshold: float = 0.5,
+) -> dict[str, dict[str, float]]:
+    """Dice and IoU of each contoured organ of one patient, on the native grid inside ``box``.
+
+    Args:
+        task: the organ segmentation task (channels in ``ctan.data.openkbp.ORGANS`` order).
+        output: the task's logits over the box on the model grid, ``(C, X', Y', Z')``.
+        reference: :func:`ctan.data.openkbp.read_patient` of the patient; an organ without a
+            mask there was not contoured and is not scored.
+        box: the patient's crop box.
+        threshold: sigmoid probability above which a voxel belongs to an organ
+            (``exclusive=False``); exclusive tasks take the argmax.
+
+    Returns:
+        ``{organ: {"dice": ..., "iou": ...}}``; an organ empty in both scores 1.
+    """
+    from ctan.data.openkbp import ORGANS
+    from ctan.data.transforms import resize_values
+
+    logits = torch.from_numpy(np.asarray(output, dtype=np.float32))
+    if task.exclusive:
+        probabilities = torch.softmax(logits, dim=0)
+        probabilities = torch.zeros_like(probabilities).scatter_(
+            0, probabilities.argmax(dim=0, keepdim=True), 1.0
+        )
+    else:
+        probabilities = torch.sigmoid(logits)
+    size = tuple(hi - lo for lo, hi in box)
+    predicted = resize_values(probabilities.numpy(), size) > threshold
+    window = tuple(slice(lo, hi) for lo, hi in box)
+    out = {}
+    for channel, organ in enumerate(ORGANS[: task.classes]):
+        if organ not in reference:
+            continue
+        truth = reference[organ][window] > 0.5
+        both = float(np.logical_and(truth, predicted[channel]).sum())
+        total = float(truth.sum() + predicted[channel].sum())
+        union = total - both
+        out[organ] = {
+            "dice": 2.0 * both / total if total else 1.0,
+            "iou": both / union if union else 1.0,
+        }
+    return out
+
+
+@dataclass
+class PatientOutputs:
+    """One OpenKBP patient's model outputs, stacked over its crop box.
+
+    Attributes:
+        patient_id: the patient folder's name.
+        folder: the patient folder.
+        box: the crop box (``Case.meta["crop_box"]``).
+        outputs: per task, the raw output ``(C, X', Y', Z')`` on the model grid over the box
+            (2D slice outputs stacked along the last axis in slice order).
+    """
+
+    patient_id: str
+    folder: Path
+    box: tuple[tuple[int, int], ...]
+    outputs: dict[str, np.ndarray]
+
+    def native_dose(self, task: str) -> np.ndarray:
+        """The task's dose ``(128, 128, 128)`` on the native grid, clipped at 0 and zeroed
+        outside the possible-dose mask, as the official baseline does before a submission."""
+        from ctan.data.openkbp import GRID, ROI_KEY, read_sparse, to_native
+
+        mask_index, _ = read_sparse(self.folder / f"{ROI_KEY}.csv", values=False)
+        possible = np.zeros(GRID**3, dtype=np.float32)
+        possible[mask_index] = 1.0
+        dose = np.clip(to_native(self.outputs[task][0], self.box), 0.0, None)
+        return dose * possible.reshape((GRID,) * 3)
+
+
 def assemble_patients(
     cases: Sequence[Case], predictions: Mapping[str, Mapping[str, np.ndarray]], tasks: list[str]
-) -> dict[str, tuple[Path, dict[str, np.ndarray]]]:
-    """Per OpenKBP patient, its folder and each task's first output channel on the native grid.
-
-    2D slice predictions are stacked along the slice axis in slice order before mapping back;
-    dose is clipped at 0 and zeroed outside the patient's possible-dose mask, as the official
-    baseline does before writing a submission.
-    """
-    from ctan.data.openkbp import GRID, ROI_KEY, read_sparse, to_native
-
+) -> list[PatientOutputs]:
+    """Group per-case outputs of ``tasks`` by OpenKBP patient (slices in slice order)."""
     slices: dict[str, list[Case]] = defaultdict(list)
     for case in cases:
         slices[str(case.meta["patient_id"])].append(case)
-    out = {}
+    out = []
     for patient, members in slices.items():
         members.sort(key=lambda c: c.meta.get("slice", 0))
-        box = members[0].meta["crop_box"]
-        folder = Path(members[0].files["ct"]).parent
-        mask_index, _ = read_sparse(folder / f"{ROI_KEY}.csv", values=False)
-        possible = np.zeros(GRID**3, dtype=np.float32)
-        possible[mask_index] = 1.0
-        possible = possible.reshape((GRID,) * 3)
-        by_task = {}
+        outputs = {}
         for task in tasks:
             if "slice" in members[0].meta:
-                volume = np.stack([predictions[c.case_id][task][0] for c in members], axis=-1)
+                outputs[task] = np.stack([predictions[c.case_id][task] for c in members], axis=-1)
             else:
-                volume = predictions[members[0].case_id][task][0]
-            by_task[task] = np.clip(to_native(volume, box), 0.0, None) * possible
-        out[patient] = (folder, by_task)
+                outputs[task] = predictions[members[0].case_id][task]
+        folder = Path(members[0].files["ct"]).parent
+        out.append(PatientOutputs(patient, folder, members[0].meta["crop_box"], outputs))
     return out
 
 
@@ -220,9 +308,10 @@ def predict_to_folder(checkpoint: Path, input_path: Path, out: Path) -> list[Pat
         dose_tasks = [t.name for t in config.tasks if t.kind == "regression" and t.label == "dose"]
         from ctan.data.openkbp import write_dose_csv
 
-        for patient, (_, by_task) in assemble_patients(cases, predictions, dose_tasks).items():
-            for task, volume in by_task.items():
-                written.append(write_dose_csv(volume, out / task / f"{patient}.csv"))
+        for patient in assemble_patients(cases, predictions, dose_tasks):
+            for task in dose_tasks:
+                path = out / task / f"{patient.patient_id}.csv"
+                written.append(write_dose_csv(patient.native_dose(task), path))
     else:
         for case in cases:
             for task in config.tasks:

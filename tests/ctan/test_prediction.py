@@ -8,11 +8,11 @@ import pytest
 from ctan.checkpoint import save_checkpoint
 from ctan.config import load_config
 from ctan.data.dataset import build_cases
-from ctan.data.openkbp import read_sparse
+from ctan.data.openkbp import ORGANS, read_patient, read_sparse
 from ctan.data.phantoms import write_phantoms
 from ctan.engine import TaskTrainer
 from ctan.models import build_model
-from ctan.prediction import evaluate_cases, predict_to_folder
+from ctan.prediction import evaluate_cases, organ_overlaps, predict_to_folder
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,13 @@ def kbp(tmp_path_factory: pytest.TempPathFactory):
                     "classes": 1,
                     "metrics": ["dose_score", "dvh_score"],
                 },
-                {"name": "organs", "kind": "segmentation", "classes": 7, "exclusive": False},
+                {
+                    "name": "organs",
+                    "kind": "segmentation",
+                    "classes": 7,
+                    "exclusive": False,
+                    "metrics": ["dice", "iou"],
+                },
             ],
             "data": {"format": "openkbp", "root": str(root), "cache_dir": str(tmp / "cache")},
             "train": {"batch_size": 16},
@@ -73,3 +79,40 @@ def test_predict_refuses_a_missing_input(kbp):
     checkpoint = save_checkpoint(tmp / "m2.pt", build_model(config), config)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         predict_to_folder(checkpoint, tmp / "nowhere", tmp / "o")
+
+
+def test_native_organ_dice_is_per_patient_and_contoured_organs_only(kbp):
+    config, root, _ = kbp
+    reference = read_patient(root / "train-pats" / "pt_1")
+    box = ((10, 90), (20, 100), (30, 70))
+    window = tuple(slice(lo, hi) for lo, hi in box)
+    organs = config.tasks[1]
+    contoured = [o for o in ORGANS if o in reference and reference[o][window].any()]
+    assert contoured, "the phantom patient has no organ inside the box"
+    # logits over the box at full resolution: +20 on the reference, -20 elsewhere
+    truth = np.stack([reference.get(o, np.zeros((128,) * 3))[window] for o in ORGANS])
+    perfect = np.where(truth > 0.5, 20.0, -20.0).astype(np.float32)
+    scores = organ_overlaps(organs, perfect, reference, box)
+    assert set(scores) == {o for o in ORGANS if o in reference}
+    assert all(scores[o]["dice"] == 1.0 and scores[o]["iou"] == 1.0 for o in contoured)
+    # an all-empty prediction scores 0 on every organ present in the box (not ~0.7 as on slices)
+    empty = organ_overlaps(organs, np.full_like(perfect, -20.0), reference, box)
+    assert all(empty[o]["dice"] == 0.0 for o in contoured)
+    # half of one organ's voxels: Dice 2/3 by hand
+    organ = contoured[0]
+    channel = ORGANS.index(organ)
+    half = np.full_like(perfect, -20.0)
+    voxels = np.argwhere(truth[channel] > 0.5)
+    kept = voxels[: len(voxels) // 2]
+    half[channel][tuple(kept.T)] = 20.0
+    expected = 2 * len(kept) / (len(kept) + len(voxels))
+    assert organ_overlaps(organs, half, reference, box)[organ]["dice"] == pytest.approx(expected)
+
+
+def test_evaluate_reports_native_organ_scores(kbp):
+    config, _, _ = kbp
+    cases = list(build_cases(config))
+    trainer = TaskTrainer(build_model(config), config.tasks, config.train)
+    organs = evaluate_cases(trainer, config, cases).metrics["organs"]
+    assert set(organs) == {"dice", "iou"}
+    assert 0.0 <= organs["iou"] <= organs["dice"] <= 1.0
