@@ -11,8 +11,11 @@ that sample's (or channel's) loss by zero instead of skipping it. Two things fol
 Losses by task kind (``TaskSpec.kind``, ``TaskSpec.exclusive``):
 
 * segmentation, ``exclusive=False`` (structures may overlap): sigmoid per channel,
-  MONAI ``DiceLoss`` + binary cross-entropy, per channel, then averaged over the labelled
-  channels of the sample.
+  binary cross-entropy + MONAI ``DiceLoss`` where the structure is present in the sample, per
+  channel, then averaged over the labelled channels of the sample. An empty reference adds no
+  Dice: per-sample Dice of an empty reference is near 1 for any non-empty prediction, so on 2D
+  slices, where most structures are absent from most slices, it teaches the model to predict
+  nothing (cross-entropy still penalises false positives there).
 * segmentation, ``exclusive=True``: softmax over channels, MONAI ``DiceLoss`` per labelled
   channel + cross-entropy; the cross-entropy term counts only for samples whose channels are all
   labelled (a one-hot target is not defined when a class was not contoured).
@@ -135,7 +138,8 @@ class SegmentationLoss(TaskLoss):
 
     Dice is MONAI's ``DiceLoss`` with ``reduction="none"`` and ``batch=False`` (one value per
     sample and channel). With ``exclusive=False`` each channel is an independent structure:
-    sigmoid, Dice + binary cross-entropy per channel, averaged over labelled channels. With
+    sigmoid, binary cross-entropy per channel plus Dice on the channels whose structure is
+    present in the sample, averaged over labelled channels. With
     ``exclusive=True`` the channels are one-hot classes: softmax, Dice averaged over labelled
     channels, plus the voxel cross-entropy for samples with every channel labelled. Where
     ``roi`` is given, voxels outside it are ignored by both terms.
@@ -172,7 +176,8 @@ class SegmentationLoss(TaskLoss):
             complete = (mask > 0).all(dim=1).to(prediction.dtype)
             return _channel_mean(dice, mask) + complete * cross_entropy
         bce = F.binary_cross_entropy_with_logits(prediction, target, reduction="none")
-        return _channel_mean(dice + _spatial_mean(bce, roi), mask)
+        present = (scored_target.flatten(2).sum(dim=2) > 0).to(prediction.dtype)
+        return _channel_mean(dice * present + _spatial_mean(bce, roi), mask)
 
 
 class MaskedL1Loss(TaskLoss):

@@ -37,6 +37,20 @@ def test_softmax_segmentation_matches_hand_value_and_drops_ce_when_a_class_is_mi
     assert partial.item() == pytest.approx(0.5, abs=1e-4)
 
 
+def test_sigmoid_segmentation_scores_an_absent_structure_by_cross_entropy_only() -> None:
+    # Channel 0 present (as in the test above), channel 1 labelled but empty: p = 0.5 gives
+    # BCE log 2 and no Dice, so the sample's loss is the mean of (1/3 + log 2) and log 2.
+    target = torch.zeros(1, 2, 2, 2)
+    target[:, 0] = 1.0
+    loss = build_task_loss(ORGANS)(torch.zeros(1, 2, 2, 2), target, torch.ones(1, 2))
+    assert loss.item() == pytest.approx((1 / 3 + 2 * math.log(2)) / 2, abs=1e-4)
+    # predicting nothing is rewarded on the empty channel only through cross-entropy
+    confident_empty = torch.zeros(1, 2, 2, 2)
+    confident_empty[:, 1] = -20.0
+    lower = build_task_loss(ORGANS)(confident_empty, target, torch.ones(1, 2))
+    assert lower.item() == pytest.approx((1 / 3 + math.log(2)) / 2, abs=1e-4)
+
+
 def test_sigmoid_and_softmax_differ_on_same_logits() -> None:
     logits = torch.tensor([[[[2.0]], [[-1.0]]]])
     target = torch.tensor([[[[1.0]], [[0.0]]]])
