@@ -33,6 +33,12 @@ is ``train.device`` of each config (``auto``: CUDA where available).
     python scripts/bench_mtl.py                       # full run, all suites
     python scripts/bench_mtl.py --quick               # smoke check, under 5 minutes
     python scripts/bench_mtl.py --suite derm --seeds 0 1 2 --epochs 5
+    python scripts/bench_mtl.py --suite derm --variant uncertainty
+
+``--variant`` trains every architecture with one change to the suite's config (see
+``VARIANTS``: uncertainty or DWA loss weighting, class-balanced classification losses) and
+writes ``docs/results/bench_mtl_<variant>.json`` and its own section, so an ablation sits beside
+the main table without replacing it; Δm is still against STL trained with the same change.
 """
 
 from __future__ import annotations
@@ -108,6 +114,13 @@ SUITES: dict[str, Suite] = {
 }
 FULL_SEEDS = (0, 1, 2)
 QUICK_SEEDS = (0, 1)
+#: ablations: what ``--variant`` changes in every suite's config, in words and as a function
+VARIANTS: dict[str, str] = {
+    "uncertainty": "loss weighting by homoscedastic uncertainty (train.weighting: uncertainty)",
+    "dwa": "dynamic weight average (train.weighting: dwa)",
+    "balanced": "class-balanced classification losses (class_weights: balanced on every "
+    "classification task)",
+}
 
 
 # --------------------------------------------------------------------------- aggregation
@@ -227,8 +240,10 @@ def render_section(report: Mapping[str, Any], plot_name: str | None) -> str:
     """The markdown of all suites in ``report`` (what goes between the markers)."""
     machine = report["machine"]
     mode = "quick (smoke check, tiny sizes)" if report["quick"] else "full"
+    variant = report.get("variant")
+    change = f" Variant: {VARIANTS[variant]}, for every architecture." if variant else ""
     lines = [
-        f"Mode: {mode}. Updated {report['date']} on {machine['device']} "
+        f"Mode: {mode}.{change} Updated {report['date']} on {machine['device']} "
         f"({machine['device_name']}, {machine['cpu_count']} CPU cores, torch "
         f"{machine['torch']}). Raw figures: `docs/results/{report['file']}`. Metrics are on the "
         "held-out test split (mean ± sd over seeds); Δm is against STL per seed on the same "
@@ -285,14 +300,25 @@ def plot_delta_m(suites: Mapping[str, Any], path: Path, target: float | None = N
 # --------------------------------------------------------------------------- training
 
 
-def suite_config(suite: Suite, quick: bool, epochs: int | None) -> Config:
-    """The suite's config with quick sizes and the epoch count applied."""
+def suite_config(
+    suite: Suite, quick: bool, epochs: int | None, variant: str | None = None
+) -> Config:
+    """The suite's config with quick sizes, the epoch count and a ``VARIANTS`` change applied."""
     config = load_config(ROOT / suite.config)
     model = config.model.model_copy(update=suite.quick_model) if quick else config.model
     count = epochs or (suite.quick_epochs if quick else suite.epochs)
-    return config.model_copy(
-        update={"model": model, "train": config.train.model_copy(update={"epochs": count})}
-    )
+    train = config.train.model_copy(update={"epochs": count})
+    tasks = config.tasks
+    if variant in ("uncertainty", "dwa"):
+        train = train.model_copy(update={"weighting": variant})
+    elif variant == "balanced":
+        tasks = [
+            t.model_copy(update={"class_weights": "balanced"}) if t.kind == "classification" else t
+            for t in tasks
+        ]
+    elif variant is not None:
+        raise ValueError(f"unknown variant {variant!r}; expected one of {sorted(VARIANTS)}")
+    return config.model_copy(update={"model": model, "train": train, "tasks": tasks})
 
 
 def seed_splits(
@@ -408,10 +434,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="JSON file (default docs/results/...)")
     parser.add_argument("--docs", type=Path, default=DOCS, help="markdown file to update")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "bench", help="run folders")
+    parser.add_argument(
+        "--variant",
+        choices=list(VARIANTS),
+        help="ablation: one change to every config, written beside the main results",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     tag = "bench_mtl_quick" if args.quick else "bench_mtl"
+    if args.variant:
+        tag += f"_{args.variant}"
     out = args.out or RESULTS / f"{tag}.json"
     seeds = args.seeds or list(QUICK_SEEDS if args.quick else FULL_SEEDS)
     report = load_report(out)
@@ -421,11 +454,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "file": out.name,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_info(),
+        "variant": args.variant,
         "targets": {"ctan_delta_m_min": 4.67},
     }
     for name in args.suite or list(SUITES):
         suite = SUITES[name]
-        config = suite_config(suite, args.quick, args.epochs)
+        config = suite_config(suite, args.quick, args.epochs, args.variant)
         runs: list[dict[str, Any]] = []
         start = time.perf_counter()
         for seed in seeds:

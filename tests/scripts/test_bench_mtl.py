@@ -132,3 +132,17 @@ def test_plot_delta_m_writes_png(tmp_path: Path) -> None:
     suites = {"toy": {"summary": bench.json_safe(bench.summarise(runs, TASKS))}}
     path = bench.plot_delta_m(suites, tmp_path / "plot.png", target=4.67)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_variants_change_only_what_they_name() -> None:
+    suite = bench.SUITES["derm"]
+    plain = bench.suite_config(suite, quick=True, epochs=None)
+    uncertainty = bench.suite_config(suite, quick=True, epochs=None, variant="uncertainty")
+    balanced = bench.suite_config(suite, quick=True, epochs=None, variant="balanced")
+    assert plain.train.weighting == "equal" and uncertainty.train.weighting == "uncertainty"
+    assert uncertainty.tasks == plain.tasks and balanced.train == plain.train
+    weights = {t.name: t.class_weights for t in balanced.tasks}
+    assert weights == {"lesion": None, "diagnosis": "balanced"}
+    assert set(bench.VARIANTS) >= {"uncertainty", "dwa", "balanced"}
+    with pytest.raises(ValueError, match="unknown variant 'focal'"):
+        bench.suite_config(suite, quick=True, epochs=None, variant="focal")
