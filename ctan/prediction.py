@@ -159,7 +159,7 @@ def openkbp_native_scores(
         voxels = read_voxel_dimensions(patient.folder / "voxel_dimensions.csv")
         mask = reference[ROI_KEY]
         for task in dose_tasks:
-            native = patient.native_dose(task.name)
+            native = patient.native_dose(task.name, mask)
             scores[task.name]["dose_score"].append(dose_score(reference["dose"], native, mask))
             scores[task.name]["dvh_score"].extend(
                 dvh_errors(reference["dose"], native, structures, voxels, mask).tolist()
@@ -237,16 +237,24 @@ class PatientOutputs:
     box: tuple[tuple[int, int], ...]
     outputs: dict[str, np.ndarray]
 
-    def native_dose(self, task: str) -> np.ndarray:
+    def native_dose(self, task: str, possible: np.ndarray | None = None) -> np.ndarray:
         """The task's dose ``(128, 128, 128)`` on the native grid, clipped at 0 and zeroed
-        outside the possible-dose mask, as the official baseline does before a submission."""
+        outside the possible-dose mask, as the official baseline does before a submission.
+
+        Args:
+            task: a dose task of :attr:`outputs`.
+            possible: the patient's possible-dose mask ``(128, 128, 128)`` where already read;
+                read from the patient folder otherwise.
+        """
         from ctan.data.openkbp import GRID, ROI_KEY, read_sparse, to_native
 
-        mask_index, _ = read_sparse(self.folder / f"{ROI_KEY}.csv", values=False)
-        possible = np.zeros(GRID**3, dtype=np.float32)
-        possible[mask_index] = 1.0
+        if possible is None:
+            mask_index, _ = read_sparse(self.folder / f"{ROI_KEY}.csv", values=False)
+            flat = np.zeros(GRID**3, dtype=np.float32)
+            flat[mask_index] = 1.0
+            possible = flat.reshape((GRID,) * 3)
         dose = np.clip(to_native(self.outputs[task][0], self.box), 0.0, None)
-        return dose * possible.reshape((GRID,) * 3)
+        return dose * possible
 
 
 def assemble_patients(
