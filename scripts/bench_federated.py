@@ -39,10 +39,16 @@ Suites and full-mode sizes (4 hours on 2 CPU cores; estimate in ``docs/benchmark
 OpenKBP patients, runs only CTAN federated (each simulation costs 20-40 s of start-up) and writes
 ``docs/results/bench_federated_quick.json`` and its own section of ``docs/benchmarks.md``.
 
+``--ablation`` reruns the suites with one config change from ``ABLATIONS`` (class-balanced
+classification losses, or heads averaged too) applied to every variant, and writes
+``docs/results/bench_federated_<ablation>.json`` and its own section, beside the main results;
+no overhead runs, and the targets stay those of the main run.
+
     python scripts/bench_federated.py                 # full run, all suites
     python scripts/bench_federated.py --quick         # smoke check, under 5 minutes
     python scripts/bench_federated.py --suite derm --seeds 0
     python scripts/bench_federated.py --only-overhead deployment
+    python scripts/bench_federated.py --suite derm --ablation federated-heads
 """
 
 from __future__ import annotations
@@ -112,6 +118,13 @@ SUITES: dict[str, Suite] = {
         8,
         {"image_size": [16, 16, 16], "widths": [8, 16, 32]},
     ),
+}
+#: ablations: one config change applied to every variant of a suite
+ABLATIONS: dict[str, str] = {
+    "balanced": "class-balanced classification losses (class_weights: balanced on every "
+    "classification task, weights from each party's own training labels)",
+    "federated-heads": "task heads averaged too (federation.heads: federated), per task among "
+    "the sites that hold it",
 }
 #: the dedicated overhead run (full mode): enough local epochs for >= 30 s of training per round
 OVERHEAD_RUN = {"suite": "derm", "rounds": 2, "local_epochs": 5}
@@ -344,9 +357,12 @@ def render_section(report: Mapping[str, Any]) -> str:
     """The markdown of the whole report (what goes between the markers)."""
     machine = report["machine"]
     mode = "quick (smoke check, tiny sizes)" if report["quick"] else "full"
+    change = report.get("ablation")
+    change_text = f" Change: {change}, applied to every row below." if change else ""
     lines = [
-        f"Mode: {mode}. Updated {report['date']} on {machine['device']} ({machine['cpu_count']} "
-        f"CPU cores, torch {machine['torch']}, flwr {machine['flwr']}). Raw figures: "
+        f"Mode: {mode}.{change_text} Updated {report['date']} on {machine['device']} "
+        f"({machine['cpu_count']} CPU cores, torch {machine['torch']}, flwr {machine['flwr']}). "
+        "Raw figures: "
         f"`docs/results/{report['file']}`. Each variant is scored on the same per-site test "
         "splits, each site's metric weighted by its labelled test cases; mean ± sd over seeds. "
         "Every variant trains rounds × local epochs epochs and is scored after the last.",
@@ -372,7 +388,8 @@ def render_section(report: Mapping[str, Any]) -> str:
             "(target > 1).",
             "",
         ]
-    lines += render_measurements(report)
+    if not report.get("ablation"):
+        lines += render_measurements(report)
     return "\n".join(lines)
 
 
@@ -442,16 +459,30 @@ def subset_root(source: Path, patients: int, folder: Path) -> Path:
     return target.parent
 
 
-def bench_config(suite: Suite, quick: bool, seed: int, work: Path) -> Any:
-    """The suite's config for ``seed``: quick sizes, rounds, and epochs = rounds x local."""
+def bench_config(
+    suite: Suite, quick: bool, seed: int, work: Path, ablation: str | None = None
+) -> Any:
+    """The suite's config for ``seed``: quick sizes, rounds, epochs = rounds x local, and a
+    ``ABLATIONS`` change."""
     from ctan.config import load_config
 
     config = load_config(ROOT / suite.config)
-    federation = config.federation
     rounds = suite.quick_rounds if quick else suite.rounds
+    federation = config.federation.model_copy(update={"rounds": rounds})
+    tasks = config.tasks
+    if ablation == "balanced":
+        tasks = [
+            t.model_copy(update={"class_weights": "balanced"}) if t.kind == "classification" else t
+            for t in tasks
+        ]
+    elif ablation == "federated-heads":
+        federation = federation.model_copy(update={"heads": "federated"})
+    elif ablation is not None:
+        raise ValueError(f"unknown ablation {ablation!r}; expected one of {sorted(ABLATIONS)}")
     updates: dict[str, Any] = {
         "experiment": config.experiment.model_copy(update={"seed": seed}),
-        "federation": federation.model_copy(update={"rounds": rounds}),
+        "federation": federation,
+        "tasks": tasks,
         "train": config.train.model_copy(update={"epochs": rounds * federation.local_epochs}),
     }
     if quick:
@@ -711,8 +742,8 @@ def suite_record(suite: Suite, config: Any, seeds: Sequence[int], splits: Mappin
 class Report:
     """The JSON report and the markdown section, rewritten after every run."""
 
-    def __init__(self, path: Path, docs: Path, quick: bool) -> None:
-        self.path, self.docs, self.quick = path, docs, quick
+    def __init__(self, path: Path, docs: Path, quick: bool, ablation: str | None = None) -> None:
+        self.path, self.docs, self.quick, self.ablation = path, docs, quick, ablation
         self.data: dict[str, Any] = {"suites": {}, "bytes": {}}
         if path.is_file():
             with contextlib.suppress(json.JSONDecodeError):
@@ -720,6 +751,7 @@ class Report:
         self.data |= {
             "benchmark": "federated",
             "quick": quick,
+            "ablation": ABLATIONS[ablation] if ablation else None,
             "file": path.name,
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "machine": machine_info(),
@@ -765,9 +797,14 @@ class Report:
         self.data["bytes_excess"] = max(excess) if excess else math.nan
         safe = json_safe(self.data)
         write_text(self.path, json.dumps(safe, indent=1) + "\n")
-        section = "bench_federated_quick" if self.quick else "bench_federated"
+        section = report_tag(self.quick, self.ablation)
         text = self.docs.read_text() if self.docs.is_file() else "# Benchmarks\n"
         write_text(self.docs, replace_section(text, render_section(safe), section))
+
+
+def report_tag(quick: bool, ablation: str | None) -> str:
+    """The results file stem and docs section name of a run's report."""
+    return "bench_federated" + ("_quick" if quick else "") + (f"_{ablation}" if ablation else "")
 
 
 def concurrency(sites: int) -> int:
@@ -792,7 +829,7 @@ def run_suite(name: str, seeds: Sequence[int], quick: bool, work: Path, report: 
     record: dict[str, Any] = {}
     for seed in seeds:
         base = work / name / f"seed{seed}"
-        config = bench_config(suite, quick, seed, work)
+        config = bench_config(suite, quick, seed, work, report.ablation)
         splits = site_splits(config)
         if not record:
             record = suite_record(suite, config, seeds, splits)
@@ -808,7 +845,7 @@ def run_suite(name: str, seeds: Sequence[int], quick: bool, work: Path, report: 
                 result = run_federated(with_arch(config, arch), splits, base / variant)
                 per_site = result["sites"]
                 report.add_federated(f"{name}/seed{seed}/{arch}", result, concurrency(len(splits)))
-                if arch == "ctan" and name not in report.data["bytes"]:
+                if arch == "ctan" and report.ablation is None and name not in report.data["bytes"]:
                     report.data["bytes"][name] = measure_bytes(
                         result["config"], config, result["output"]
                     )
@@ -900,19 +937,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         choices=("simulation", "deployment", "both"),
         help="run only the overhead runs (default both), no suites",
     )
+    parser.add_argument(
+        "--ablation",
+        choices=sorted(ABLATIONS),
+        help="apply one config change to every variant, written beside the main results: "
+        + "; ".join(f"{k}: {v}" for k, v in ABLATIONS.items()),
+    )
     parser.add_argument("--out", type=Path, help="JSON file (default docs/results/...)")
     parser.add_argument("--docs", type=Path, default=DOCS, help="markdown file to update")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench", help="run folders")
     args = parser.parse_args(argv)
+    if args.ablation and args.only_overhead:
+        parser.error("--ablation compares models only; it takes no overhead runs")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    tag = "bench_federated_quick" if args.quick else "bench_federated"
-    report = Report(args.out or RESULTS / f"{tag}.json", args.docs, args.quick)
+    tag = report_tag(args.quick, args.ablation)
+    report = Report(args.out or RESULTS / f"{tag}.json", args.docs, args.quick, args.ablation)
     work = args.work / tag
     seeds = args.seeds or list(QUICK_SEEDS if args.quick else FULL_SEEDS)
     if args.only_overhead is None:
         for name in args.suite or list(SUITES):
             run_suite(name, seeds, args.quick, work, report)
-    overhead = "none" if args.quick or args.no_overhead else (args.only_overhead or "both")
+    skip = args.quick or args.no_overhead or args.ablation
+    overhead = "none" if skip else (args.only_overhead or "both")
     if overhead in ("simulation", "both"):
         run_overhead(work, report)
     if overhead in ("deployment", "both"):

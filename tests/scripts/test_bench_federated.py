@@ -221,3 +221,35 @@ def test_report_keeps_federated_runs_of_earlier_invocations(tmp_path: Path):
     assert second.data["heads"]["runs_checked"] == 2
     assert second.data["heads"]["sites_checked"] == 4
     assert second.data["overhead"]["rounds"] == 2
+
+
+def test_ablations_change_every_run_of_a_suite(tmp_path: Path):
+    suite = bench.SUITES["derm"]
+    plain = bench.bench_config(suite, quick=True, seed=1, work=tmp_path)
+    balanced = bench.bench_config(suite, quick=True, seed=1, work=tmp_path, ablation="balanced")
+    heads = bench.bench_config(suite, quick=True, seed=1, work=tmp_path, ablation="federated-heads")
+    weights = {t.name: t.class_weights for t in balanced.tasks}
+    assert weights == {"lesion": None, "diagnosis": "balanced"}
+    assert all(t.class_weights is None for t in plain.tasks)
+    assert plain.federation.heads == "local" and heads.federation.heads == "federated"
+    assert heads.tasks == plain.tasks and heads.experiment.seed == 1
+    with pytest.raises(ValueError, match="unknown ablation 'dwa'"):
+        bench.bench_config(suite, quick=True, seed=1, work=tmp_path, ablation="dwa")
+
+
+def test_ablation_report_has_its_own_file_and_section(tmp_path: Path):
+    assert bench.report_tag(False, None) == "bench_federated"
+    assert bench.report_tag(True, None) == "bench_federated_quick"
+    assert bench.report_tag(False, "balanced") == "bench_federated_balanced"
+    report = _report() | {"ablation": bench.ABLATIONS["federated-heads"]}
+    section = bench.render_section(report)
+    assert "Change: task heads averaged too (federation.heads: federated)" in section
+    assert "#### openkbp" in section and "Bytes, heads and overhead" not in section
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text("<!-- bench_federated:start -->\nmain\n<!-- bench_federated:end -->\n")
+    ablation = bench.Report(tmp_path / "v.json", docs, quick=False, ablation="balanced")
+    ablation.write()
+    text = docs.read_text()
+    assert "<!-- bench_federated:start -->\nmain\n<!-- bench_federated:end -->" in text
+    assert "<!-- bench_federated_balanced:start -->" in text and "Change: class-balanced" in text
+    assert json.loads((tmp_path / "v.json").read_text())["ablation"].startswith("class-balanced")
