@@ -62,3 +62,11 @@ def replace_section(text: str, body: str, name: str) -> str:
     if has_start or has_end:
         raise ValueError(f"markers {start} and {end} must both appear, start first")
     return (text.rstrip() + "\n\n" if text.strip() else "") + block + "\n"
+
+
+def with_balanced_classes(tasks: Sequence[Any]) -> list[Any]:
+    """``tasks`` (``TaskSpec``) with ``class_weights: balanced`` on every classification task."""
+    return [
+        t.model_copy(update={"class_weights": "balanced"}) if t.kind == "classification" else t
+        for t in tasks
+    ]

@@ -72,7 +72,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bench_common import finite, json_safe, mean_sd, number_text, replace_section, write_text
+from bench_common import (
+    finite,
+    json_safe,
+    mean_sd,
+    number_text,
+    replace_section,
+    with_balanced_classes,
+    write_text,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -462,7 +470,7 @@ def subset_root(source: Path, patients: int, folder: Path) -> Path:
 def bench_config(
     suite: Suite, quick: bool, seed: int, work: Path, ablation: str | None = None
 ) -> Any:
-    """The suite's config for ``seed``: quick sizes, rounds, epochs = rounds x local, and a
+    """The suite's config for ``seed``: quick sizes, rounds, epochs = rounds x local, and an
     ``ABLATIONS`` change."""
     from ctan.config import load_config
 
@@ -471,10 +479,7 @@ def bench_config(
     federation = config.federation.model_copy(update={"rounds": rounds})
     tasks = config.tasks
     if ablation == "balanced":
-        tasks = [
-            t.model_copy(update={"class_weights": "balanced"}) if t.kind == "classification" else t
-            for t in tasks
-        ]
+        tasks = with_balanced_classes(tasks)
     elif ablation == "federated-heads":
         federation = federation.model_copy(update={"heads": "federated"})
     elif ablation is not None:

@@ -64,7 +64,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
-from bench_common import json_safe, mean_sd, number_text, replace_section, write_text
+from bench_common import (
+    json_safe,
+    mean_sd,
+    number_text,
+    replace_section,
+    with_balanced_classes,
+    write_text,
+)
 
 from ctan.checkpoint import load_checkpoint
 from ctan.config import Config, load_config
@@ -312,10 +319,7 @@ def suite_config(
     if variant in ("uncertainty", "dwa"):
         train = train.model_copy(update={"weighting": variant})
     elif variant == "balanced":
-        tasks = [
-            t.model_copy(update={"class_weights": "balanced"}) if t.kind == "classification" else t
-            for t in tasks
-        ]
+        tasks = with_balanced_classes(tasks)
     elif variant is not None:
         raise ValueError(f"unknown variant {variant!r}; expected one of {sorted(VARIANTS)}")
     return config.model_copy(update={"model": model, "train": train, "tasks": tasks})
