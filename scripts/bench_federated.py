@@ -40,9 +40,9 @@ OpenKBP patients, runs only CTAN federated (each simulation costs 20-40 s of sta
 ``docs/results/bench_federated_quick.json`` and its own section of ``docs/benchmarks.md``.
 
 ``--ablation`` reruns the suites with one config change from ``ABLATIONS`` (class-balanced
-classification losses, or heads averaged too) applied to every variant, and writes
-``docs/results/bench_federated_<ablation>.json`` and its own section, beside the main results;
-no overhead runs, and the targets stay those of the main run.
+classification losses, heads averaged too, or a quarter of the batch size) applied to every
+variant, and writes ``docs/results/bench_federated_<ablation>.json`` and its own section, beside
+the main results; no overhead runs, and the targets stay those of the main run.
 
     python scripts/bench_federated.py                 # full run, all suites
     python scripts/bench_federated.py --quick         # smoke check, under 5 minutes
@@ -133,6 +133,8 @@ ABLATIONS: dict[str, str] = {
     "classification task, weights from each party's own training labels)",
     "federated-heads": "task heads averaged too (federation.heads: federated), per task among "
     "the sites that hold it",
+    "quarter-batch": "a quarter of the batch size (train.batch_size / 4: four times the optimiser "
+    "steps over the same epochs)",
 }
 #: the dedicated overhead run (full mode): enough local epochs for >= 30 s of training per round
 OVERHEAD_RUN = {"suite": "derm", "rounds": 2, "local_epochs": 5}
@@ -477,18 +479,22 @@ def bench_config(
     config = load_config(ROOT / suite.config)
     rounds = suite.quick_rounds if quick else suite.rounds
     federation = config.federation.model_copy(update={"rounds": rounds})
-    tasks = config.tasks
+    tasks, batch_size = config.tasks, config.train.batch_size
     if ablation == "balanced":
         tasks = with_balanced_classes(tasks)
     elif ablation == "federated-heads":
         federation = federation.model_copy(update={"heads": "federated"})
+    elif ablation == "quarter-batch":
+        batch_size = max(1, batch_size // 4)
     elif ablation is not None:
         raise ValueError(f"unknown ablation {ablation!r}; expected one of {sorted(ABLATIONS)}")
     updates: dict[str, Any] = {
         "experiment": config.experiment.model_copy(update={"seed": seed}),
         "federation": federation,
         "tasks": tasks,
-        "train": config.train.model_copy(update={"epochs": rounds * federation.local_epochs}),
+        "train": config.train.model_copy(
+            update={"epochs": rounds * federation.local_epochs, "batch_size": batch_size}
+        ),
     }
     if quick:
         updates["model"] = config.model.model_copy(update=suite.quick_model)

@@ -233,6 +233,9 @@ def test_ablations_change_every_run_of_a_suite(tmp_path: Path):
     assert all(t.class_weights is None for t in plain.tasks)
     assert plain.federation.heads == "local" and heads.federation.heads == "federated"
     assert heads.tasks == plain.tasks and heads.experiment.seed == 1
+    quarter = bench.bench_config(suite, quick=True, seed=1, work=tmp_path, ablation="quarter-batch")
+    assert (plain.train.batch_size, quarter.train.batch_size) == (32, 8)
+    assert quarter.train.epochs == plain.train.epochs
     with pytest.raises(ValueError, match="unknown ablation 'dwa'"):
         bench.bench_config(suite, quick=True, seed=1, work=tmp_path, ablation="dwa")
 
