@@ -20,7 +20,7 @@ Losses by task kind (``TaskSpec.kind``, ``TaskSpec.exclusive``):
   channel + cross-entropy; the cross-entropy term counts only for samples whose channels are all
   labelled (a one-hot target is not defined when a class was not contoured).
 * regression: L1 inside the region of interest (OpenKBP's possible-dose mask), averaged over
-  the labelled channels.
+  the labelled channels, divided by the task's ``scale``.
 * classification: cross-entropy with optional class weights (``exclusive=True``), or binary
   cross-entropy with optional positive-class weights (``exclusive=False``).
 
@@ -184,7 +184,8 @@ class MaskedL1Loss(TaskLoss):
     """Mean absolute error per sample inside ``roi``, over labelled channels.
 
     For OpenKBP dose this is the training counterpart of the dose score: L1 inside the
-    possible-dose mask.
+    possible-dose mask. Divided by ``spec.scale`` so that it is measured in units of the
+    target's typical size, comparable with the other tasks' losses.
     """
 
     def forward(
@@ -194,7 +195,8 @@ class MaskedL1Loss(TaskLoss):
         _check_pixel_inputs(self.spec, prediction, target, mask, roi)
         error = (prediction - target.to(prediction.dtype)).abs()
         roi = None if roi is None else roi.to(prediction.dtype)
-        return _channel_mean(_spatial_mean(error, roi), mask.to(prediction.dtype))
+        per_sample = _channel_mean(_spatial_mean(error, roi), mask.to(prediction.dtype))
+        return per_sample / self.spec.scale
 
 
 class ClassificationLoss(TaskLoss):

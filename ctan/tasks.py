@@ -83,6 +83,12 @@ class TaskSpec(BaseModel):
             label's positive examples), or ``"balanced"``: computed from the training labels
             each party holds (:func:`ctan.losses.class_weights_from_cases`), so that rare
             classes count as much as common ones, which is what balanced accuracy rewards.
+        scale: regression only. The typical size of the target in its own units (OpenKBP dose:
+            the 70 Gy prescription). The head predicts ``value / scale`` and multiplies back, so
+            outputs, metrics and predictions stay in the target's units, while the network works
+            on values near 1 and the L1 loss (divided by ``scale``) is comparable with the other
+            tasks' losses. Without it a dose head starts near 0 Gy and spends its first epochs
+            growing its output, and a loss measured in Gy outweighs every other task.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -95,6 +101,7 @@ class TaskSpec(BaseModel):
     label: str | None = None
     companion: str | None = None
     class_weights: list[float] | Literal["balanced"] | None = None
+    scale: float = Field(default=1.0, gt=0, allow_inf_nan=False)
 
     @field_validator("name")
     @classmethod
@@ -150,6 +157,10 @@ class TaskSpec(BaseModel):
                     f"class_weights must be {self.classes} non-negative numbers (one per class) "
                     f'or "balanced", got {self.class_weights}'
                 )
+        if self.scale != 1.0 and self.kind != "regression":
+            raise ValueError(
+                f"scale applies to regression tasks only, not to a {self.kind} task"
+            )
         return self
 
     @property

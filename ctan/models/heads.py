@@ -35,8 +35,10 @@ class PixelDecoder(nn.Module):
         norm: str,
         act: str,
         norm_groups: int,
+        output_scale: float = 1.0,
     ) -> None:
         super().__init__()
+        self.output_scale = output_scale
         self.levels = nn.ModuleList(
             ConvNormAct(spatial_dims, widths[s + 1] + widths[s], widths[s], norm, act, norm_groups)
             for s in range(len(widths) - 1)
@@ -48,7 +50,7 @@ class PixelDecoder(nn.Module):
         for stage in reversed(range(len(self.levels))):
             skip = features[stage]
             x = self.levels[stage](torch.cat([upsample(x, skip.shape[2:]), skip], dim=1))
-        return self.output(x)
+        return self.output(x) * self.output_scale
 
 
 class ImageHead(nn.Module):
@@ -83,6 +85,7 @@ def _pixel_head(config: ModelConfig, task: TaskSpec) -> nn.Module:
         config.norm,
         config.act,
         config.norm_groups,
+        task.scale,
     )
 
 
