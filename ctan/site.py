@@ -87,11 +87,22 @@ class RoundOutput:
 
 
 def model_signature(model: torch.nn.Module) -> list[str]:
-    """``"<key>:<shape>:<dtype>"`` for every ``state_dict`` entry, sorted."""
-    return sorted(
+    """What the weights are and what they mean, sorted.
+
+    ``"<key>:<shape>:<dtype>"`` for every ``state_dict`` entry and
+    ``"<module>.output_scale:<value>"`` for every scaled regression output: a head trained at
+    another scale has the same shapes but predicts in other units.
+    """
+    entries = [
         f"{k}:{'x'.join(map(str, v.shape))}:{str(v.dtype).removeprefix('torch.')}"
         for k, v in model.state_dict().items()
-    )
+    ]
+    entries += [
+        f"{name}.output_scale:{module.output_scale:g}"
+        for name, module in model.named_modules()
+        if getattr(module, "output_scale", 1.0) != 1.0
+    ]
+    return sorted(entries)
 
 
 def signature_digest(signature: Sequence[str]) -> str:

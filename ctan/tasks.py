@@ -158,9 +158,7 @@ class TaskSpec(BaseModel):
                     f'or "balanced", got {self.class_weights}'
                 )
         if self.scale != 1.0 and self.kind != "regression":
-            raise ValueError(
-                f"scale applies to regression tasks only, not to a {self.kind} task"
-            )
+            raise ValueError(f"scale applies to regression tasks only, not to a {self.kind} task")
         return self
 
     @property

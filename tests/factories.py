@@ -58,6 +58,12 @@ def make_config(
     )
 
 
+def with_scale(config: Config, task: str, scale: float) -> Config:
+    """``config`` with regression task ``task`` at output ``scale``."""
+    tasks = [t.model_copy(update={"scale": scale}) if t.name == task else t for t in config.tasks]
+    return config.model_copy(update={"tasks": tasks})
+
+
 def derm_config(root: Path, tmp: Path, arch: str = "ctan", **train: Any) -> Config:
     """A small 2D config on a HAM10000-layout folder: 32x32 images, widths [8, 16, 32]."""
     return load_config(

@@ -80,6 +80,16 @@ def test_masked_l1_inside_roi() -> None:
     assert loss_fn(torch.zeros(1, 1, 2, 2), target, torch.ones(1, 1)).item() == 2.5
 
 
+def test_masked_l1_is_divided_by_the_task_scale() -> None:
+    target = 70 * torch.rand(2, 1, 4, 4)
+    prediction = 70 * torch.rand(2, 1, 4, 4)
+    scaled = TaskSpec(name="dose", kind="regression", classes=1, scale=70)
+    torch.testing.assert_close(
+        build_task_loss(scaled)(prediction, target, torch.ones(2, 1)),
+        build_task_loss(DOSE)(prediction / 70, target / 70, torch.ones(2, 1)),
+    )
+
+
 def test_cross_entropy_with_class_weights() -> None:
     loss_fn = build_task_loss(DX, class_weights=torch.tensor([1.0, 2.0, 3.0]))
     loss = loss_fn(torch.zeros(3, 3), torch.tensor([2, 0, 1]), torch.tensor([1.0, 1.0, 0.0]))

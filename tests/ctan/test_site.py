@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from factories import derm_config
+from factories import derm_config, make_config, with_scale
 
 from ctan.config import load_config
 from ctan.federation import (
@@ -107,6 +107,13 @@ def test_describe_and_signature(fed, tmp_path):
     other = model_signature(build_model(federated_config(tmp_path, tmp_path, "hps")))
     assert "differ or are missing" in signature_difference(ours, other)
     assert signature_difference(ours, ours) == ""
+
+
+def test_signature_names_a_different_regression_scale():
+    plain = make_config("ctan", mix="seg+reg")
+    scaled = with_scale(plain, "dose", 70.0)
+    ours, theirs = model_signature(build_model(plain)), model_signature(build_model(scaled))
+    assert "heads.dose.output_scale:70" in signature_difference(ours, theirs)
 
 
 def test_site_with_unknown_tasks_is_refused(fed, tmp_path):

@@ -30,6 +30,9 @@ def test_multi_label_is_explicit():
         ({"kind": "classification", "classes": 0}, "greater than or equal to 1"),
         ({"kind": "regression", "classes": 1, "metrics": ["auc"]}, r"allowed: \['dose_score'"),
         ({"kind": "segmentation", "classes": 1, "metrics": ["dice", "dice"]}, "twice"),
+        ({"kind": "segmentation", "classes": 1, "scale": 70}, "regression tasks only"),
+        ({"kind": "regression", "classes": 1, "scale": 0}, "greater than 0"),
+        ({"kind": "regression", "classes": 1, "scale": float("inf")}, "finite"),
     ],
 )
 def test_invalid_specs(fields, message):

@@ -4,7 +4,7 @@ import typing
 
 import pytest
 import torch
-from factories import ARCHS, TASK_MIXES, make_config
+from factories import ARCHS, TASK_MIXES, make_config, with_scale
 
 from ctan.config import ModelConfig
 from ctan.models import ARCHITECTURES, build_model, parameter_groups
@@ -43,6 +43,20 @@ def test_default_widths_2d_rgb_64():
     outputs = build_model(config)(torch.randn(3, 3, 64, 64))
     assert outputs["lesion"].shape == (3, 1, 64, 64)
     assert outputs["diagnosis"].shape == (3, 7)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_regression_scale_multiplies_the_output_and_adds_no_parameters(arch):
+    plain = make_config(arch, mix="seg+reg", seed=3)
+    scaled = with_scale(plain, "dose", 70.0)
+    images = torch.randn(2, 3, 64, 64)
+    plain_model, scaled_model = build_model(plain).eval(), build_model(scaled).eval()
+    assert plain_model.state_dict().keys() == scaled_model.state_dict().keys()
+    scaled_model.load_state_dict(plain_model.state_dict())
+    with torch.no_grad():
+        expected, outputs = plain_model(images), scaled_model(images)
+    torch.testing.assert_close(outputs["dose"], 70 * expected["dose"])
+    torch.testing.assert_close(outputs["organs"], expected["organs"])
 
 
 @pytest.mark.parametrize("arch", ARCHS)
