@@ -40,9 +40,9 @@ OpenKBP patients, runs only CTAN federated (each simulation costs 20-40 s of sta
 ``docs/results/bench_federated_quick.json`` and its own section of ``docs/benchmarks.md``.
 
 ``--ablation`` reruns the suites with one config change from ``ABLATIONS`` (class-balanced
-classification losses, heads averaged too, or a quarter of the batch size) applied to every
-variant, and writes ``docs/results/bench_federated_<ablation>.json`` and its own section, beside
-the main results; no overhead runs, and the targets stay those of the main run.
+classification losses, heads averaged too, a quarter of the batch size, or twice the rounds)
+applied to every variant, and writes ``docs/results/bench_federated_<ablation>.json`` and its own
+section, beside the main results; no overhead runs, and the targets stay those of the main run.
 
     python scripts/bench_federated.py                 # full run, all suites
     python scripts/bench_federated.py --quick         # smoke check, under 5 minutes
@@ -135,6 +135,8 @@ ABLATIONS: dict[str, str] = {
     "the sites that hold it",
     "quarter-batch": "a quarter of the batch size (train.batch_size / 4: four times the optimiser "
     "steps over the same epochs)",
+    "double-rounds": "twice the rounds (and so twice the epochs of the centralised and site-alone "
+    "runs): how the gap changes with the training budget",
 }
 #: the dedicated overhead run (full mode): enough local epochs for >= 30 s of training per round
 OVERHEAD_RUN = {"suite": "derm", "rounds": 2, "local_epochs": 5}
@@ -486,6 +488,9 @@ def bench_config(
         federation = federation.model_copy(update={"heads": "federated"})
     elif ablation == "quarter-batch":
         batch_size = max(1, batch_size // 4)
+    elif ablation == "double-rounds":
+        rounds *= 2
+        federation = federation.model_copy(update={"rounds": rounds})
     elif ablation is not None:
         raise ValueError(f"unknown ablation {ablation!r}; expected one of {sorted(ABLATIONS)}")
     updates: dict[str, Any] = {

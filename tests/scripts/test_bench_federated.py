@@ -236,6 +236,9 @@ def test_ablations_change_every_run_of_a_suite(tmp_path: Path):
     quarter = bench.bench_config(suite, quick=True, seed=1, work=tmp_path, ablation="quarter-batch")
     assert (plain.train.batch_size, quarter.train.batch_size) == (32, 8)
     assert quarter.train.epochs == plain.train.epochs
+    double = bench.bench_config(suite, quick=True, seed=1, work=tmp_path, ablation="double-rounds")
+    assert double.federation.rounds == 2 * plain.federation.rounds
+    assert double.train.epochs == 2 * plain.train.epochs
     with pytest.raises(ValueError, match="unknown ablation 'dwa'"):
         bench.bench_config(suite, quick=True, seed=1, work=tmp_path, ablation="dwa")
 
