@@ -397,12 +397,23 @@ def render_section(report: Mapping[str, Any]) -> str:
             f"Federated / centralised CTAN (primary metrics, worst task): "
             f"{number_text(checks.get('fed_over_central'))} (target ≥ {RATIO_TO_CENTRAL_MIN}); "
             f"federated CTAN / sites alone: {number_text(checks.get('fed_over_alone'))} "
-            "(target > 1).",
+            f"(target > 1). {_per_task_text(checks.get('per_task', {}))}",
             "",
         ]
     if not report.get("ablation"):
         lines += render_measurements(report)
     return "\n".join(lines)
+
+
+def _per_task_text(per_task: Mapping[str, Mapping[str, Any]]) -> str:
+    """Each task's two ratios, so that a task whose ratio is undefined (a metric of 0 for the
+    reference) does not hide the others behind the worst task's n/a."""
+    parts = [
+        f"{task} ({ratios['metric']}) {number_text(ratios['fed_over_central'])} and "
+        f"{number_text(ratios['fed_over_alone'])}"
+        for task, ratios in per_task.items()
+    ]
+    return f"Per task, the same two ratios: {'; '.join(parts)}." if parts else ""
 
 
 def _overhead_text(summary: Mapping[str, Any]) -> str:

@@ -167,6 +167,7 @@ def test_section_names_ratios_bytes_heads_and_overhead():
     assert "#### openkbp" in section
     assert "worst task): 0.952 (target ≥ 0.97)" in section
     assert "sites alone: n/a" in section
+    assert "Per task, the same two ratios: dose (dose_score) " in section
     assert "worst excess 4.00%" in section
     assert "head groups sent: none over 3 site logs" in section
     assert "= n/a over 0 rounds" in section and "0.7 over all rounds" in section
