@@ -120,7 +120,7 @@ class Suite:
 
 SUITES: dict[str, Suite] = {
     "derm": Suite("configs/federated/derm-natural.yaml", 10, QUICK_2D),
-    "openkbp": Suite("configs/federated/openkbp-iid.yaml", 5, QUICK_2D, 1, 12),
+    "openkbp": Suite("configs/federated/openkbp-iid.yaml", 10, QUICK_2D, 1, 12),
     "chest": Suite(
         "configs/federated/chest-natural.yaml",
         8,
