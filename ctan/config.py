@@ -260,6 +260,25 @@ class PartitionConfig(_Section):
         return self
 
 
+#: strategies with a server optimiser (``federation.server_optimizer``)
+ADAPTIVE_STRATEGIES = ("fedadam", "fedyogi")
+
+
+class ServerOptimizerConfig(_Section):
+    """The server's adaptive optimiser of FedAdam/FedYogi (Reddi et al. 2021, arXiv:2003.00295).
+
+    Each round moves a travelling array by about ``lr * m / (sqrt(v) + tau)`` per element, where
+    ``m`` and ``v`` are the moments of the averaged site updates: ``lr`` is roughly the largest
+    step per element and round, whatever the size of the sites' updates, so it must suit the
+    weights' scale (Flower's own default, 0.1, is larger than most weights of these networks).
+    """
+
+    lr: float = Field(default=1.0e-2, gt=0.0, description="server learning rate (Flower's eta)")
+    beta_1: float = Field(default=0.9, ge=0.0, lt=1.0)
+    beta_2: float = Field(default=0.99, ge=0.0, lt=1.0)
+    tau: float = Field(default=1.0e-3, gt=0.0, description="adaptivity: added to sqrt(v)")
+
+
 class FederationConfig(_Section):
     """Rounds, strategy and aggregation of a federated run."""
 
@@ -268,11 +287,23 @@ class FederationConfig(_Section):
     local_epochs: int = Field(default=1, ge=1)
     strategy: Literal["fedavg", "fedprox", "fedadam", "fedyogi"] = "fedavg"
     proximal_mu: float = Field(default=0.01, ge=0.0)
+    server_optimizer: ServerOptimizerConfig | None = Field(
+        default=None, description="fedadam | fedyogi only; defaults when left out"
+    )
     min_sites: int = Field(default=2, ge=1)
     heads: Literal["local", "federated"] = "local"
     round_timeout: float = Field(default=600.0, gt=0.0)
     partition: PartitionConfig = Field(default_factory=PartitionConfig)
     sites: list[SiteConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check_server_optimizer(self) -> FederationConfig:
+        if self.server_optimizer is not None and self.strategy not in ADAPTIVE_STRATEGIES:
+            raise ValueError(
+                f"server_optimizer applies to strategy {' | '.join(ADAPTIVE_STRATEGIES)} only, "
+                f"not {self.strategy!r}"
+            )
+        return self
 
 
 class Config(_Section):

@@ -65,7 +65,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.exception import AggregationError
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, FedYogi
 
-from ctan.config import FederationConfig
+from ctan.config import ADAPTIVE_STRATEGIES, FederationConfig, ServerOptimizerConfig
 from ctan.models.groups import group_of
 from server.aggregation import (
     Groups,
@@ -419,12 +419,16 @@ class _GroupedFedOpt:
     """FedOpt on parameter groups: a group nobody trained keeps its value *and* its moments.
 
     FedOpt sees a zero update for such a group, but its momentum would still move it; this
-    restores the group's previous arrays and ``m_t``/``v_t`` after Flower's update. Moments are
-    part of :meth:`state_dict` (keys ``m_t/<array key>``, ``v_t/<array key>``).
+    restores the group's previous arrays and ``m_t``/``v_t`` after Flower's update. Flower's
+    update also promotes float32 weights to float64 (its step size is a numpy float64), which
+    sites' float32 replies would then fail to match: the new arrays keep the dtypes they were
+    sent with. Moments are part of :meth:`state_dict` (keys ``m_t/<array key>``,
+    ``v_t/<array key>``).
     """
 
     m_t: dict[str, np.ndarray] | None
     v_t: dict[str, np.ndarray] | None
+    current_arrays: dict[str, np.ndarray] | None
     _sent: Groups | None
     last_round: RoundReport | None
 
@@ -436,20 +440,25 @@ class _GroupedFedOpt:
         arrays, metrics = super().aggregate_train(server_round, replies)  # type: ignore[misc]
         if arrays is None or self._sent is None or self.last_round is None:
             return arrays, metrics
-        frozen = {
-            group: members
-            for group, members in self._sent.items()
-            if group not in self.last_round.contributors
-        }
-        if not frozen:
-            return arrays, metrics
-        restored = {k: v.numpy() for k, v in arrays.items()} | flatten_groups(frozen)
+        frozen = flatten_groups(
+            {
+                group: members
+                for group, members in self._sent.items()
+                if group not in self.last_round.contributors
+            }
+        )
+        restored = {k: v.numpy() for k, v in arrays.items()} | frozen
         for name, before in moments_before.items():
             after = getattr(self, name)
-            if before is not None and after is not None:
-                keys = flatten_groups(frozen).keys()
-                setattr(self, name, after | {k: before[k] for k in keys if k in before})
-        return ArrayRecord({k: Array(np.asarray(v)) for k, v in restored.items()}), metrics
+            if frozen and before is not None and after is not None:
+                setattr(self, name, after | {k: before[k] for k in frozen if k in before})
+        started = self.current_arrays or {}
+        return ArrayRecord(
+            {
+                k: Array(np.asarray(v, dtype=started[k].dtype if k in started else None))
+                for k, v in restored.items()
+            }
+        ), metrics
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Seed plus the server optimiser's moments, as flat numpy arrays."""
@@ -499,7 +508,8 @@ def build_strategy(
 
     ``min_sites`` sets Flower's ``min_train_nodes``, ``min_evaluate_nodes`` and
     ``min_available_nodes``; ``round_timeout`` bounds the wait for a quorum; FedProx gets
-    ``proximal_mu``; FedAdam/FedYogi use Flower's defaults.
+    ``proximal_mu``; FedAdam/FedYogi get ``server_optimizer`` (its defaults when left out) as
+    Flower's ``eta``, ``beta_1``, ``beta_2``, ``tau``.
 
     Raises:
         ValueError: the strategy name is unknown (the config normally rules this out).
@@ -519,4 +529,12 @@ def build_strategy(
     }
     if federation.strategy == "fedprox":
         kwargs["proximal_mu"] = federation.proximal_mu
+    if federation.strategy in ADAPTIVE_STRATEGIES:
+        server = federation.server_optimizer or ServerOptimizerConfig()
+        kwargs |= {
+            "eta": server.lr,
+            "beta_1": server.beta_1,
+            "beta_2": server.beta_2,
+            "tau": server.tau,
+        }
     return STRATEGIES[federation.strategy](**kwargs)

@@ -147,6 +147,18 @@ def test_federation_sites_must_hold_known_tasks():
     assert "unknown tasks ['dose']" in _error(raw)
 
 
+def test_server_optimizer_belongs_to_adaptive_strategies():
+    raw = _base()
+    raw["federation"] = {"id": "f", "strategy": "fedadam", "server_optimizer": {"lr": 0.003}}
+    server = load_config(raw).federation.server_optimizer
+    assert (server.lr, server.beta_1, server.beta_2, server.tau) == (0.003, 0.9, 0.99, 1e-3)
+    raw["federation"]["strategy"] = "fedavg"
+    message = _error(raw)
+    assert "server_optimizer applies to strategy fedadam | fedyogi only, not 'fedavg'" in message
+    raw["federation"] |= {"strategy": "fedyogi", "server_optimizer": {"lr": 0, "tau": 1e-3}}
+    assert "federation.server_optimizer.lr" in _error(raw)
+
+
 def test_yaml_file_errors_name_the_file(tmp_path: Path):
     with pytest.raises(FileNotFoundError, match=r"missing\.yaml"):
         load_config(tmp_path / "missing.yaml")

@@ -19,12 +19,13 @@ from server.simulate import simulate
 pytestmark = pytest.mark.slow
 
 
-def write_config(ham_phantom: Path, tmp: Path, rounds: int) -> Path:
+def write_config(ham_phantom: Path, tmp: Path, rounds: int, strategy: str = "fedavg") -> Path:
     raw = derm_config(ham_phantom, tmp).model_dump(mode="json")
     raw["train"]["epochs"] = 1
     raw["federation"] = {
         "id": "sim-test",
         "rounds": rounds,
+        "strategy": strategy,
         "min_sites": 3,
         "round_timeout": 120,
         "partition": {"method": "site"},
@@ -106,5 +107,19 @@ def test_resumed_run_matches_uninterrupted(two_rounds, ham_phantom: Path, tmp_pa
     assert simulate(path, 2, interrupted, None, resume=True, keep_home=False) == 0
     expected, resumed = final_arrays(output), final_arrays(interrupted)
     assert sorted(expected) == sorted(resumed)
+    for key in expected:
+        np.testing.assert_allclose(resumed[key], expected[key], rtol=1e-5, atol=1e-6)
+
+
+def test_fedadam_runs_and_resumes_with_its_moments(ham_phantom: Path, tmp_path: Path):
+    path = write_config(ham_phantom, tmp_path, rounds=2, strategy="fedadam")
+    uninterrupted, interrupted = tmp_path / "whole", tmp_path / "parts"
+    assert simulate(path, 0, uninterrupted, None, resume=False, keep_home=False) == 0
+    state = load_state(uninterrupted / "sim-test" / "server-state.pt")
+    assert any(key.startswith("m_t/") for key in state["strategy"])
+    assert simulate(path, 1, interrupted, None, resume=False, keep_home=False) == 0
+    assert simulate(path, 2, interrupted, None, resume=True, keep_home=False) == 0
+    expected, resumed = final_arrays(uninterrupted), final_arrays(interrupted)
+    assert {a.dtype for a in expected.values()} == {np.dtype(np.float32)}
     for key in expected:
         np.testing.assert_allclose(resumed[key], expected[key], rtol=1e-5, atol=1e-6)

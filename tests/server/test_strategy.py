@@ -18,7 +18,7 @@ from flwr.app import (
 )
 from flwr.supercore.task_identity import TaskIdentity
 
-from ctan.config import FederationConfig
+from ctan.config import FederationConfig, ServerOptimizerConfig
 from server.aggregation import RobustOptions
 from server.strategy import (
     QuorumTimeoutError,
@@ -214,6 +214,8 @@ def test_fedopt_keeps_key_set_and_freezes_untrained_groups(cls: type[TaskAwareFe
     # round 1: everyone; round 2: only site 22 (task a): task.b must not move by momentum
     arrays, _ = run_round(strategy, 1, arrays, {11: 1.0, 22: 2.0, 33: 4.0})
     assert arrays is not None and list(arrays) == list(global_record())
+    # sites reply in float32: the server's float64 step must not change the dtype they match
+    assert {a.dtype for a in arrays.values()} == {"float32"}
     b_after_1 = arrays["attention.b.w"].numpy().copy()
     m_b = strategy.m_t["attention.b.w"].copy()
     arrays, _ = run_round(strategy, 2, arrays, {22: 1.0})
@@ -276,3 +278,12 @@ def test_build_strategy_from_federation_config(name: str, cls: type) -> None:
     assert (strategy.min_train_nodes, strategy.min_available_nodes, strategy.seed) == (3, 3, 7)
     assert strategy.heads == "federated" and strategy.robust.trim_beta == 0.1
     assert getattr(strategy, "proximal_mu", 0.2) == 0.2
+
+
+def test_adaptive_strategies_take_the_server_optimizer() -> None:
+    server = ServerOptimizerConfig(lr=0.003, beta_1=0.5, beta_2=0.9, tau=1e-4)
+    tuned = FederationConfig(id="t", strategy="fedyogi", server_optimizer=server)
+    strategy = build_strategy(tuned, seed=0)
+    assert (strategy.eta, strategy.beta_1, strategy.beta_2, strategy.tau) == (0.003, 0.5, 0.9, 1e-4)
+    default = build_strategy(FederationConfig(id="t", strategy="fedadam"), seed=0)
+    assert (default.eta, default.beta_1, default.beta_2, default.tau) == (0.01, 0.9, 0.99, 1e-3)
