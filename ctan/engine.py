@@ -177,6 +177,8 @@ class TaskTrainer:
         companions: label keys that metrics of a task need besides its own (``severity_auc``:
             the COVID label; see :class:`ctan.metrics.MetricSuite`).
         class_weights: optional per-task class weights for classification losses.
+        logit_adjustments: optional per-task logit offsets for classification losses
+            (:func:`ctan.losses.logit_adjustments_from_cases`).
         show_progress: draw a progress bar (off for federated sites and tests).
     """
 
@@ -188,6 +190,7 @@ class TaskTrainer:
         device: torch.device | None = None,
         companions: Mapping[str, str] | None = None,
         class_weights: Mapping[str, Tensor] | None = None,
+        logit_adjustments: Mapping[str, Tensor] | None = None,
         show_progress: bool = False,
     ) -> None:
         self.device = device or resolve_device(train.device)
@@ -200,9 +203,10 @@ class TaskTrainer:
             t.model_copy(update={"metrics": [m for m in t.metrics if METRICS[m].per_batch]})
             for t in self.tasks
         ]
-        weights = class_weights or {}
+        weights, offsets = class_weights or {}, logit_adjustments or {}
         self.losses = {
-            t.name: build_task_loss(t, weights.get(t.name)).to(self.device) for t in self.tasks
+            t.name: build_task_loss(t, weights.get(t.name), offsets.get(t.name)).to(self.device)
+            for t in self.tasks
         }
         self.weighting = build_weighting(train.weighting, [t.name for t in self.tasks])
         self.weighting.to(self.device)

@@ -211,11 +211,29 @@ class ClassificationLoss(TaskLoss):
             ``binary_cross_entropy_with_logits``), e.g. ``negatives / positives``.
 
     Raises:
-        ValueError: if ``class_weights`` has the wrong length or a negative value.
+        logit_adjustment: ``(classes,)`` added to the logits inside the loss only (see
+            ``TaskSpec.logit_adjustment`` and :func:`logit_adjustments_from_cases`).
+
+    Raises:
+        ValueError: if ``class_weights`` has the wrong length or a negative value, or
+            ``logit_adjustment`` has the wrong length or a non-finite value.
     """
 
-    def __init__(self, spec: TaskSpec, class_weights: Tensor | None = None) -> None:
+    def __init__(
+        self,
+        spec: TaskSpec,
+        class_weights: Tensor | None = None,
+        logit_adjustment: Tensor | None = None,
+    ) -> None:
         super().__init__(spec)
+        if logit_adjustment is not None:
+            logit_adjustment = torch.as_tensor(logit_adjustment, dtype=torch.float32).flatten()
+            if logit_adjustment.numel() != spec.classes or not logit_adjustment.isfinite().all():
+                raise ValueError(
+                    f"logit_adjustment for task {spec.name!r} must be {spec.classes} finite "
+                    f"values (one per class), got {logit_adjustment.tolist()}"
+                )
+        self.register_buffer("logit_adjustment", logit_adjustment)
         if class_weights is not None:
             class_weights = torch.as_tensor(class_weights, dtype=torch.float32).flatten()
             if class_weights.numel() != spec.classes:
@@ -250,6 +268,8 @@ class ClassificationLoss(TaskLoss):
                 f"task {self.spec.name!r}: mask must be ({batch},), got {tuple(mask.shape)}"
             )
         weights = None if self.class_weights is None else self.class_weights.to(prediction)
+        if self.logit_adjustment is not None:
+            prediction = prediction + self.logit_adjustment.to(prediction)
         if self.spec.exclusive:
             if target.shape != (batch,):
                 raise ValueError(
@@ -271,26 +291,31 @@ class ClassificationLoss(TaskLoss):
         return loss * mask.to(prediction.dtype)
 
 
-def build_task_loss(spec: TaskSpec, class_weights: Tensor | None = None) -> TaskLoss:
+def build_task_loss(
+    spec: TaskSpec, class_weights: Tensor | None = None, logit_adjustment: Tensor | None = None
+) -> TaskLoss:
     """The loss for ``spec`` by its kind.
 
     Args:
         spec: the task.
         class_weights: ``(classes,)`` weights, classification tasks only
             (see :class:`ClassificationLoss`).
+        logit_adjustment: ``(classes,)`` logit offsets, classification tasks only.
 
     Returns:
         a :class:`TaskLoss` mapping ``(prediction, target, mask, roi)`` to ``(B,)``.
 
     Raises:
-        ValueError: if ``class_weights`` is given for a pixel task, or is invalid.
+        ValueError: if ``class_weights`` or ``logit_adjustment`` is given for a pixel task, or
+            is invalid.
     """
     if spec.kind == "classification":
-        return ClassificationLoss(spec, class_weights)
-    if class_weights is not None:
-        raise ValueError(
-            f"class_weights apply to classification tasks only; task {spec.name!r} is {spec.kind}"
-        )
+        return ClassificationLoss(spec, class_weights, logit_adjustment)
+    for name, value in (("class_weights", class_weights), ("logit_adjustment", logit_adjustment)):
+        if value is not None:
+            raise ValueError(
+                f"{name} applies to classification tasks only; task {spec.name!r} is {spec.kind}"
+            )
     if spec.kind == "segmentation":
         return SegmentationLoss(spec)
     return MaskedL1Loss(spec)
@@ -407,3 +432,37 @@ def task_losses(
         labelled = labelled_samples(spec, mask).to(per_sample)
         result[spec.name] = (per_sample * labelled).sum() / labelled.sum().clamp(min=1.0)
     return result
+
+
+def logit_adjustments_from_cases(
+    tasks: Sequence[TaskSpec], cases: Sequence[Any]
+) -> dict[str, Tensor]:
+    """The logit offsets of every task whose spec sets ``logit_adjustment``.
+
+    ``tau * log(prior)`` per class for exclusive classes and ``tau * log(prior / (1 - prior))``
+    per independent label, the prior counted over the labelled ``cases`` (objects with
+    ``labels`` and ``has_label``) with one pseudo-count per outcome (Laplace), so that a class
+    without examples gets a large negative but finite offset.
+
+    Returns:
+        ``{task name: (classes,) float32 tensor}`` for the tasks that set it.
+    """
+    offsets: dict[str, Tensor] = {}
+    for spec in tasks:
+        if not spec.logit_adjustment:
+            continue
+        values = [c.labels[spec.label] for c in cases if c.has_label(spec.label)]
+        if spec.exclusive:
+            counts = torch.bincount(
+                torch.tensor([int(v) for v in values], dtype=torch.long), minlength=spec.classes
+            ).to(torch.float64)
+            log_prior = torch.log((counts + 1) / (len(values) + spec.classes))
+        else:
+            labels = torch.tensor(
+                [[float(x) for x in torch.as_tensor(v).flatten()] for v in values],
+                dtype=torch.float64,
+            ).reshape(-1, spec.classes)
+            positives = (labels >= 0.5).sum(dim=0).to(torch.float64)
+            log_prior = torch.log((positives + 1) / (len(values) - positives + 1))  # log-odds
+        offsets[spec.name] = (spec.logit_adjustment * log_prior).to(torch.float32)
+    return offsets

@@ -35,7 +35,7 @@ from ctan.engine import (
     resolve_device,
     seed_everything,
 )
-from ctan.losses import class_weights_from_cases
+from ctan.losses import class_weights_from_cases, logit_adjustments_from_cases
 from ctan.models import build_model, parameter_groups, trainable_groups
 from ctan.models.groups import ENCODER_GROUP, group_of
 from ctan.training import companions
@@ -315,20 +315,22 @@ class SiteRunner:
         model, previous = self._prepared(server_round, global_arrays, newest=server_round)
         trained = trainable_groups(model, self.site.tasks)
         device = resolve_device(self.site.device)
+        train_cases = self.splits()["train"]
         trainer = TaskTrainer(
             model,
             self.config.tasks,
             self.config.train,
             device,
             companions=companions(self.config),
-            class_weights=class_weights_from_cases(self.config.tasks, self.splits()["train"]),
+            class_weights=class_weights_from_cases(self.config.tasks, train_cases),
+            logit_adjustments=logit_adjustments_from_cases(self.config.tasks, train_cases),
         )
         if previous is not None:
             trainer.load_state_dict(previous["trainer"])
         seed = derive_seed(self.config.experiment.seed, self.site.name, server_round)
         seed_everything(seed)
         loader = make_loader(
-            CaseDataset(self.splits()["train"], self.config, train=True),
+            CaseDataset(train_cases, self.config, train=True),
             self.config.train.batch_size,
             shuffle=True,
             seed=seed,

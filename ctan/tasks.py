@@ -83,6 +83,15 @@ class TaskSpec(BaseModel):
             label's positive examples), or ``"balanced"``: computed from the training labels
             each party holds (:func:`ctan.losses.class_weights_from_cases`), so that rare
             classes count as much as common ones, which is what balanced accuracy rewards.
+        logit_adjustment: classification only; ``tau >= 0`` of the logit-adjusted loss (Menon et
+            al. 2021, arXiv:2007.07314), 0 for off. The loss sees ``logits + tau * log(prior)``
+            (independent labels: ``+ tau * log(prior / (1 - prior))``), the prior taken from
+            the training labels each party holds (:func:`ctan.losses.logit_adjustments_from_cases`),
+            so that with ``tau = 1`` the raw logits rank classes by ``p(x | class)``: their
+            argmax is the decision balanced accuracy rewards, without the large, noisy loss
+            weights ``class_weights: balanced`` puts on classes with few examples. Sites with
+            skewed class mixes each correct for their own prior. Exclusive with
+            ``class_weights``: both correct for imbalance.
         scale: regression only. The typical size of the target in its own units (OpenKBP dose:
             the 70 Gy prescription). The head predicts ``value / scale`` and multiplies back, so
             outputs, metrics and predictions stay in the target's units, while the network works
@@ -101,6 +110,7 @@ class TaskSpec(BaseModel):
     label: str | None = None
     companion: str | None = None
     class_weights: list[float] | Literal["balanced"] | None = None
+    logit_adjustment: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     scale: float = Field(default=1.0, gt=0, allow_inf_nan=False)
 
     @field_validator("name")
@@ -156,6 +166,16 @@ class TaskSpec(BaseModel):
                 raise ValueError(
                     f"class_weights must be {self.classes} non-negative numbers (one per class) "
                     f'or "balanced", got {self.class_weights}'
+                )
+        if self.logit_adjustment:
+            if self.kind != "classification":
+                raise ValueError(
+                    f"logit_adjustment applies to classification tasks only, not to a {self.kind} "
+                    "task"
+                )
+            if self.class_weights is not None:
+                raise ValueError(
+                    "logit_adjustment and class_weights both correct for class imbalance; set one"
                 )
         if self.scale != 1.0 and self.kind != "regression":
             raise ValueError(f"scale applies to regression tasks only, not to a {self.kind} task")

@@ -21,7 +21,7 @@ from ctan.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
 from ctan.config import Config
 from ctan.data.base import Case
 from ctan.engine import Evaluation, TaskTrainer, derive_seed, make_loader, seed_everything
-from ctan.losses import class_weights_from_cases
+from ctan.losses import class_weights_from_cases, logit_adjustments_from_cases
 from ctan.models import build_model
 from ctan.report import RunLog, plot_learning_curves
 
@@ -142,6 +142,7 @@ def train_centralised(
         train_cfg,
         companions=companions(config),
         class_weights=class_weights_from_cases(config.tasks, splits["train"]),
+        logit_adjustments=logit_adjustments_from_cases(config.tasks, splits["train"]),
         show_progress=show_progress,
     )
     log = RunLog(folder, tensorboard=tensorboard)

@@ -64,6 +64,14 @@ def replace_section(text: str, body: str, name: str) -> str:
     return (text.rstrip() + "\n\n" if text.strip() else "") + block + "\n"
 
 
+def with_logit_adjustment(tasks: Sequence[Any], tau: float = 1.0) -> list[Any]:
+    """``tasks`` (``TaskSpec``) with ``logit_adjustment: tau`` on every classification task."""
+    return [
+        t.model_copy(update={"logit_adjustment": tau}) if t.kind == "classification" else t
+        for t in tasks
+    ]
+
+
 def with_balanced_classes(tasks: Sequence[Any]) -> list[Any]:
     """``tasks`` (``TaskSpec``) with ``class_weights: balanced`` on every classification task."""
     return [

@@ -79,6 +79,7 @@ from bench_common import (
     number_text,
     replace_section,
     with_balanced_classes,
+    with_logit_adjustment,
     write_text,
 )
 
@@ -135,6 +136,8 @@ ABLATIONS: dict[str, str] = {
     "the sites that hold it",
     "quarter-batch": "a quarter of the batch size (train.batch_size / 4: four times the optimiser "
     "steps over the same epochs)",
+    "logit-adjusted": "logit-adjusted classification losses (logit_adjustment: 1 on every "
+    "classification task, priors from each party's own training labels)",
     "double-rounds": "twice the rounds (and so twice the epochs of the centralised and site-alone "
     "runs): how the gap changes with the training budget",
 }
@@ -495,6 +498,8 @@ def bench_config(
     tasks, batch_size = config.tasks, config.train.batch_size
     if ablation == "balanced":
         tasks = with_balanced_classes(tasks)
+    elif ablation == "logit-adjusted":
+        tasks = with_logit_adjustment(tasks)
     elif ablation == "federated-heads":
         federation = federation.model_copy(update={"heads": "federated"})
     elif ablation == "quarter-batch":

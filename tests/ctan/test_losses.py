@@ -9,7 +9,13 @@ import torch
 from torch import nn
 
 from ctan.data.base import Case
-from ctan.losses import build_task_loss, class_weights_from_cases, labelled_counts, task_losses
+from ctan.losses import (
+    build_task_loss,
+    class_weights_from_cases,
+    labelled_counts,
+    logit_adjustments_from_cases,
+    task_losses,
+)
 from ctan.tasks import TaskSpec
 
 SEG = TaskSpec(name="lesion", kind="segmentation", classes=1)
@@ -149,6 +155,85 @@ def test_class_weights_in_the_task_spec_are_checked() -> None:
         TaskSpec(name="dx", kind="classification", classes=3, class_weights=[1, -2, 1])
     with pytest.raises(ValueError):
         TaskSpec(name="dx", kind="classification", classes=3, class_weights="inverse")
+
+
+def test_logit_adjusted_cross_entropy_adds_the_offsets_inside_the_loss() -> None:
+    offsets = torch.log(torch.tensor([0.7, 0.2, 0.1]))
+    logits, target = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    adjusted = build_task_loss(DX, logit_adjustment=offsets)(logits, target, torch.ones(4))
+    plain = build_task_loss(DX)(logits + offsets, target, torch.ones(4))
+    torch.testing.assert_close(adjusted, plain)
+    uniform = build_task_loss(DX, logit_adjustment=torch.full((3,), -2.0))
+    torch.testing.assert_close(
+        uniform(logits, target, torch.ones(4)), build_task_loss(DX)(logits, target, torch.ones(4))
+    )
+    with pytest.raises(ValueError, match="logit_adjustment applies to classification"):
+        build_task_loss(SEG, logit_adjustment=torch.zeros(1))
+    with pytest.raises(ValueError, match="3 finite values"):
+        build_task_loss(DX, logit_adjustment=torch.tensor([0.0, -math.inf, 0.0]))
+
+
+def _fitted_bias_gap(loss_fn: nn.Module, target: torch.Tensor) -> float:
+    """Score gap (class 0 - class 1) of a bias-only classifier fitted to ``target``."""
+    bias = nn.Parameter(torch.zeros(2))
+    optimiser = torch.optim.LBFGS([bias], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimiser.zero_grad()
+        loss = loss_fn(bias.expand(len(target), 2), target, torch.ones(len(target))).mean()
+        loss.backward()
+        return loss
+
+    optimiser.step(closure)
+    return (bias[0] - bias[1]).item()
+
+
+def test_logit_adjustment_learns_balanced_scores_from_skewed_labels() -> None:
+    """On 90/10 labels plain cross-entropy learns the prior (scores log 9 apart), so its argmax
+    is always the majority; the adjusted loss learns the prior's ratio minus the offsets' (the
+    Laplace-smoothed prior), close to equal scores."""
+    spec = TaskSpec(name="dx", kind="classification", classes=2, logit_adjustment=1.0)
+    labels = [0] * 90 + [1] * 10
+    offsets = logit_adjustments_from_cases([spec], [_case(i, y) for i, y in enumerate(labels)])
+    target = torch.tensor(labels)
+    plain = _fitted_bias_gap(build_task_loss(spec), target)
+    adjusted = _fitted_bias_gap(build_task_loss(spec, logit_adjustment=offsets["dx"]), target)
+    assert plain == pytest.approx(math.log(9), abs=1e-3)
+    assert adjusted == pytest.approx(math.log(9) - math.log(91 / 11), abs=1e-3)
+    assert abs(adjusted) < 0.1
+
+
+def test_logit_adjustments_from_training_labels() -> None:
+    spec = TaskSpec(name="dx", kind="classification", classes=3, logit_adjustment=0.5)
+    cases = [_case(i, y) for i, y in enumerate([0, 0, 0, 1, None])]
+    offsets = logit_adjustments_from_cases([spec, DX, SEG], cases)
+    assert list(offsets) == ["dx"]
+    # 4 labelled, Laplace: (3 + 1) / 7, (1 + 1) / 7, (0 + 1) / 7; times tau = 0.5
+    expected = 0.5 * torch.log(torch.tensor([4 / 7, 2 / 7, 1 / 7]))
+    torch.testing.assert_close(offsets["dx"], expected)
+    binary = TaskSpec(
+        name="covid", kind="classification", classes=1, label="dx", logit_adjustment=1
+    )
+    positives = [_case(i, y) for i, y in enumerate([1.0, 0.0, 0.0, 0.0])]
+    # log-odds of the prior: (1 + 1) / (3 + 1)
+    torch.testing.assert_close(
+        logit_adjustments_from_cases([binary], positives)["covid"], torch.tensor([math.log(0.5)])
+    )
+
+
+def test_logit_adjustment_in_the_task_spec_is_checked() -> None:
+    with pytest.raises(ValueError, match="classification tasks only"):
+        TaskSpec(name="seg", kind="segmentation", classes=1, logit_adjustment=1.0)
+    with pytest.raises(ValueError, match="set one"):
+        TaskSpec(
+            name="dx",
+            kind="classification",
+            classes=3,
+            logit_adjustment=1.0,
+            class_weights="balanced",
+        )
+    with pytest.raises(ValueError):
+        TaskSpec(name="dx", kind="classification", classes=3, logit_adjustment=-1.0)
 
 
 def test_shape_errors() -> None:

@@ -237,6 +237,11 @@ def test_ablations_change_every_run_of_a_suite(tmp_path: Path):
     quarter = bench.bench_config(suite, quick=True, seed=1, work=tmp_path, ablation="quarter-batch")
     assert (plain.train.batch_size, quarter.train.batch_size) == (32, 8)
     assert quarter.train.epochs == plain.train.epochs
+    adjusted = bench.bench_config(
+        suite, quick=True, seed=1, work=tmp_path, ablation="logit-adjusted"
+    )
+    taus = {t.name: t.logit_adjustment for t in adjusted.tasks}
+    assert taus == {"lesion": 0.0, "diagnosis": 1.0}
     double = bench.bench_config(suite, quick=True, seed=1, work=tmp_path, ablation="double-rounds")
     assert double.federation.rounds == 2 * plain.federation.rounds
     assert double.train.epochs == 2 * plain.train.epochs
