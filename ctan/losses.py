@@ -340,24 +340,29 @@ def class_weights_from_cases(tasks: Sequence[TaskSpec], cases: Sequence[Any]) ->
         if spec.class_weights != "balanced":
             weights[spec.name] = torch.tensor(spec.class_weights, dtype=torch.float32)
             continue
-        values = [c.labels[spec.label] for c in cases if c.has_label(spec.label)]
+        total, counts = _class_counts(spec, cases)
+        counts = counts.to(torch.float32)
         if spec.exclusive:
-            counts = torch.bincount(
-                torch.tensor([int(v) for v in values], dtype=torch.long), minlength=spec.classes
-            ).to(torch.float32)
-            balanced = len(values) / (spec.classes * counts.clamp(min=1))
+            balanced = total / (spec.classes * counts.clamp(min=1))
             weights[spec.name] = torch.where(counts > 0, balanced, torch.zeros_like(balanced))
         else:
-            labels = torch.tensor(
-                [[float(x) for x in torch.as_tensor(v).flatten()] for v in values],
-                dtype=torch.float32,
-            ).reshape(-1, spec.classes)
-            positives = (labels >= 0.5).sum(dim=0).to(torch.float32)
-            negatives = labels.shape[0] - positives
             weights[spec.name] = torch.where(
-                positives > 0, negatives / positives.clamp(min=1), torch.ones_like(positives)
+                counts > 0, (total - counts) / counts.clamp(min=1), torch.ones_like(counts)
             )
     return weights
+
+
+def _class_counts(spec: TaskSpec, cases: Sequence[Any]) -> tuple[int, Tensor]:
+    """Labelled cases of ``spec`` and ``(classes,)`` counts: examples per exclusive class, or
+    positive examples (label >= 0.5) per independent label."""
+    values = [c.labels[spec.label] for c in cases if c.has_label(spec.label)]
+    if spec.exclusive:
+        indices = torch.tensor([int(v) for v in values], dtype=torch.long)
+        return len(values), torch.bincount(indices, minlength=spec.classes).to(torch.float64)
+    labels = torch.tensor(
+        [[float(x) for x in torch.as_tensor(v).flatten()] for v in values], dtype=torch.float64
+    ).reshape(-1, spec.classes)
+    return len(values), (labels >= 0.5).sum(dim=0).to(torch.float64)
 
 
 def labelled_samples(spec: TaskSpec, mask: Tensor) -> Tensor:
@@ -451,18 +456,10 @@ def logit_adjustments_from_cases(
     for spec in tasks:
         if not spec.logit_adjustment:
             continue
-        values = [c.labels[spec.label] for c in cases if c.has_label(spec.label)]
+        total, counts = _class_counts(spec, cases)
         if spec.exclusive:
-            counts = torch.bincount(
-                torch.tensor([int(v) for v in values], dtype=torch.long), minlength=spec.classes
-            ).to(torch.float64)
-            log_prior = torch.log((counts + 1) / (len(values) + spec.classes))
+            log_prior = torch.log((counts + 1) / (total + spec.classes))
         else:
-            labels = torch.tensor(
-                [[float(x) for x in torch.as_tensor(v).flatten()] for v in values],
-                dtype=torch.float64,
-            ).reshape(-1, spec.classes)
-            positives = (labels >= 0.5).sum(dim=0).to(torch.float64)
-            log_prior = torch.log((positives + 1) / (len(values) - positives + 1))  # log-odds
+            log_prior = torch.log((counts + 1) / (total - counts + 1))  # log prior odds
         offsets[spec.name] = (spec.logit_adjustment * log_prior).to(torch.float32)
     return offsets
