@@ -209,8 +209,6 @@ class ClassificationLoss(TaskLoss):
             ``torch.nn.functional.cross_entropy(weight=...)``); for ``exclusive=False`` the
             weight of the positive examples of each label (``pos_weight`` of
             ``binary_cross_entropy_with_logits``), e.g. ``negatives / positives``.
-
-    Raises:
         logit_adjustment: ``(classes,)`` added to the logits inside the loss only (see
             ``TaskSpec.logit_adjustment`` and :func:`logit_adjustments_from_cases`).
 
