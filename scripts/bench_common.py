@@ -65,16 +65,22 @@ def replace_section(text: str, body: str, name: str) -> str:
 
 
 def with_logit_adjustment(tasks: Sequence[Any], tau: float = 1.0) -> list[Any]:
-    """``tasks`` (``TaskSpec``) with ``logit_adjustment: tau`` on every classification task."""
+    """``tasks`` (``TaskSpec``) with ``logit_adjustment: tau`` (and no class weights) on every
+    classification task."""
     return [
-        t.model_copy(update={"logit_adjustment": tau}) if t.kind == "classification" else t
+        t.model_copy(update={"logit_adjustment": tau, "class_weights": None})
+        if t.kind == "classification"
+        else t
         for t in tasks
     ]
 
 
 def with_balanced_classes(tasks: Sequence[Any]) -> list[Any]:
-    """``tasks`` (``TaskSpec``) with ``class_weights: balanced`` on every classification task."""
+    """``tasks`` (``TaskSpec``) with ``class_weights: balanced`` (and no logit adjustment) on every
+    classification task."""
     return [
-        t.model_copy(update={"class_weights": "balanced"}) if t.kind == "classification" else t
+        t.model_copy(update={"class_weights": "balanced", "logit_adjustment": 0.0})
+        if t.kind == "classification"
+        else t
         for t in tasks
     ]

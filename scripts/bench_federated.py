@@ -494,7 +494,7 @@ def bench_config(
 
     config = load_config(ROOT / suite.config)
     rounds = suite.quick_rounds if quick else suite.rounds
-    federation = config.federation.model_copy(update={"rounds": rounds})
+    plain = federation = config.federation.model_copy(update={"rounds": rounds})
     tasks, batch_size = config.tasks, config.train.batch_size
     if ablation == "balanced":
         tasks = with_balanced_classes(tasks)
@@ -509,6 +509,11 @@ def bench_config(
         federation = federation.model_copy(update={"rounds": rounds})
     elif ablation is not None:
         raise ValueError(f"unknown ablation {ablation!r}; expected one of {sorted(ABLATIONS)}")
+    unchanged = (tasks, federation, batch_size) == (config.tasks, plain, config.train.batch_size)
+    if ablation is not None and unchanged:
+        raise ValueError(
+            f"ablation {ablation!r} changes nothing in {suite.config}; it already has it"
+        )
     updates: dict[str, Any] = {
         "experiment": config.experiment.model_copy(update={"seed": seed}),
         "federation": federation,

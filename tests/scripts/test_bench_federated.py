@@ -232,16 +232,21 @@ def test_ablations_change_every_run_of_a_suite(tmp_path: Path):
     weights = {t.name: t.class_weights for t in balanced.tasks}
     assert weights == {"lesion": None, "diagnosis": "balanced"}
     assert all(t.class_weights is None for t in plain.tasks)
+    assert all(t.logit_adjustment == 0 for t in balanced.tasks), "one imbalance correction"
     assert plain.federation.heads == "local" and heads.federation.heads == "federated"
     assert heads.tasks == plain.tasks and heads.experiment.seed == 1
     quarter = bench.bench_config(suite, quick=True, seed=1, work=tmp_path, ablation="quarter-batch")
     assert (plain.train.batch_size, quarter.train.batch_size) == (32, 8)
     assert quarter.train.epochs == plain.train.epochs
+    chest = bench.SUITES["chest"]
     adjusted = bench.bench_config(
-        suite, quick=True, seed=1, work=tmp_path, ablation="logit-adjusted"
+        chest, quick=True, seed=1, work=tmp_path, ablation="logit-adjusted"
     )
     taus = {t.name: t.logit_adjustment for t in adjusted.tasks}
-    assert taus == {"lesion": 0.0, "diagnosis": 1.0}
+    assert taus == {"covid": 1.0, "severe": 1.0}
+    assert {t.name: t.logit_adjustment for t in plain.tasks} == {"lesion": 0.0, "diagnosis": 1.0}
+    with pytest.raises(ValueError, match="'logit-adjusted' changes nothing"):
+        bench.bench_config(suite, quick=True, seed=1, work=tmp_path, ablation="logit-adjusted")
     double = bench.bench_config(suite, quick=True, seed=1, work=tmp_path, ablation="double-rounds")
     assert double.federation.rounds == 2 * plain.federation.rounds
     assert double.train.epochs == 2 * plain.train.epochs
