@@ -45,7 +45,11 @@ def trainer_for(checkpoint: Checkpoint, config: Config | None = None) -> TaskTra
 
 def evaluate_cases(trainer: TaskTrainer, config: Config, cases: Sequence[Case]) -> Evaluation:
     """Score ``cases``; OpenKBP dose and organ metrics are replaced by their native-grid values
-    (:func:`openkbp_native_scores`)."""
+    (:func:`openkbp_native_scores`).
+
+    The one scoring of a model on labelled cases: centralised validation and test, a federated
+    site's evaluation and ``ctan evaluate`` all call it, so their figures are comparable.
+    """
     from ctan.data.dataset import CaseDataset
 
     loader = make_loader(
@@ -53,6 +57,7 @@ def evaluate_cases(trainer: TaskTrainer, config: Config, cases: Sequence[Case]) 
         config.train.batch_size,
         shuffle=False,
         seed=0,
+        num_workers=config.train.num_workers,
     )
     evaluation = trainer.evaluate(loader)
     if config.data is not None and config.data.format == "openkbp":

@@ -23,6 +23,7 @@ from ctan.data.base import Case
 from ctan.engine import Evaluation, TaskTrainer, derive_seed, make_loader, seed_everything
 from ctan.losses import class_weights_from_cases, logit_adjustments_from_cases
 from ctan.models import build_model
+from ctan.prediction import evaluate_cases
 from ctan.report import RunLog, plot_learning_curves
 
 logger = logging.getLogger(__name__)
@@ -98,7 +99,9 @@ def train_centralised(
     """Train ``config.model`` on ``config.data`` for ``train.epochs`` epochs.
 
     After each epoch the validation split is scored; the checkpoint with the lowest mean
-    validation task loss is kept as ``best.pt`` and scored on the test split at the end.
+    validation task loss is kept as ``best.pt`` and scored on the test split at the end. Both
+    are scored by :func:`ctan.prediction.evaluate_cases`, as federated sites and ``ctan
+    evaluate`` score (OpenKBP: per patient on the native grid).
 
     Args:
         config: the experiment.
@@ -125,17 +128,13 @@ def train_centralised(
     seed = config.experiment.seed
     seed_everything(seed)
     train_cfg = config.train
-    loaders = {
-        split: make_loader(
-            CaseDataset(cases, config, train=split == "train"),
-            train_cfg.batch_size,
-            shuffle=split == "train",
-            seed=derive_seed(seed, "loader", split),
-            num_workers=train_cfg.num_workers,
-        )
-        for split, cases in splits.items()
-        if cases
-    }
+    train_loader = make_loader(
+        CaseDataset(splits["train"], config, train=True),
+        train_cfg.batch_size,
+        shuffle=True,
+        seed=derive_seed(seed, "loader", "train"),
+        num_workers=train_cfg.num_workers,
+    )
     trainer = TaskTrainer(
         build_model(config),
         config.tasks,
@@ -156,9 +155,9 @@ def train_centralised(
     )
     try:
         for epoch in range(1, train_cfg.epochs + 1):
-            epoch_log = trainer.train_epoch(loaders["train"])
+            epoch_log = trainer.train_epoch(train_loader)
             epoch_seconds.append(epoch_log.seconds)
-            validation = trainer.evaluate(loaders["validation"])
+            validation = evaluate_cases(trainer, config, splits["validation"])
             train_scalars = {f"{t}/loss": v for t, v in epoch_log.losses.items()}
             train_scalars |= {f"{t}/weight": v for t, v in epoch_log.weights.items()}
             log.log(epoch, "train", train_scalars, seconds=epoch_log.seconds)
@@ -179,8 +178,8 @@ def train_centralised(
             )
         best = load_checkpoint(best_path)
         trainer.model.load_state_dict(best.state_dict)
-        validation = trainer.evaluate(loaders["validation"])
-        test = trainer.evaluate(loaders["test"]) if "test" in loaders else None
+        validation = evaluate_cases(trainer, config, splits["validation"])
+        test = evaluate_cases(trainer, config, splits["test"]) if splits.get("test") else None
         if test is not None:
             log.log(int(best.extra["epoch"]), "test", test.flat())
     finally:

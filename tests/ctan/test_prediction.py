@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pytest
 
 from ctan.checkpoint import save_checkpoint
-from ctan.config import load_config
+from ctan.config import Config, load_config
 from ctan.data.dataset import build_cases
 from ctan.data.openkbp import ORGANS, read_patient, read_sparse
 from ctan.data.phantoms import write_phantoms
 from ctan.engine import TaskTrainer
 from ctan.models import build_model
-from ctan.prediction import evaluate_cases, organ_overlaps, predict_to_folder
+from ctan.prediction import evaluate_cases, evaluate_checkpoint, organ_overlaps, predict_to_folder
+from ctan.training import train_centralised
 
 
-@pytest.fixture(scope="module")
-def kbp(tmp_path_factory: pytest.TempPathFactory):
-    tmp = tmp_path_factory.mktemp("kbp")
-    root = write_phantoms("openkbp", tmp / "provided-data", cases=2, sites=1, seed=0)
-    config = load_config(
+def kbp_config(root: Path, cache: Path, **extra: Any) -> Config:
+    """A tiny HPS for dose + organs on OpenKBP-layout data at ``root``."""
+    return load_config(
         {
             "model": {
                 "arch": "hps",
@@ -43,11 +46,18 @@ def kbp(tmp_path_factory: pytest.TempPathFactory):
                     "metrics": ["dice", "iou"],
                 },
             ],
-            "data": {"format": "openkbp", "root": str(root), "cache_dir": str(tmp / "cache")},
+            "data": {"format": "openkbp", "root": str(root), "cache_dir": str(cache)},
             "train": {"batch_size": 16},
         }
+        | extra
     )
-    return config, root, tmp
+
+
+@pytest.fixture(scope="module")
+def kbp(tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("kbp")
+    root = write_phantoms("openkbp", tmp / "provided-data", cases=2, sites=1, seed=0)
+    return kbp_config(root, tmp / "cache"), root, tmp
 
 
 def test_native_scores_replace_model_grid_values(kbp):
@@ -59,6 +69,29 @@ def test_native_scores_replace_model_grid_values(kbp):
     assert list(dose)[:2] == ["dose_score", "dvh_score"]
     assert np.isfinite(dose["dose_score"]) and dose["dose_score"] > 0
     assert np.isfinite(dose["dvh_score"]) and dose["dvh_score"] > 0
+
+
+def test_centralised_training_scores_patients_as_evaluate_does(tmp_path: Path):
+    root = write_phantoms("openkbp", tmp_path / "provided-data", cases=3, sites=1, seed=1)
+    config = kbp_config(
+        root,
+        tmp_path / "cache",
+        data={
+            "format": "openkbp",
+            "root": str(root),
+            "cache_dir": str(tmp_path / "cache"),
+            "split": {"validation": 0.34, "test": 0.34, "by": "patient_id"},
+        },
+        train={"batch_size": 16, "epochs": 1},
+    )
+    result = train_centralised(config, folder=tmp_path / "run", tensorboard=False)
+    summary = json.loads((result.folder / "test_metrics.json").read_text())
+    rows = (result.folder / "metrics.csv").read_text()
+    assert ",validation,dose/dvh_score," in rows, "per-epoch validation is the per-patient scoring"
+    assert set(summary["validation"]["dose"]) == {"dose_score", "dvh_score"}
+    scored = evaluate_checkpoint(result.best_checkpoint, split="test")
+    for task, metrics in summary["test"].items():
+        assert scored["metrics"][task] == pytest.approx(metrics, nan_ok=True)
 
 
 def test_predict_writes_submission_csvs_on_the_native_grid(kbp):
