@@ -236,7 +236,7 @@ def test_ablations_change_every_run_of_a_suite(tmp_path: Path):
     assert plain.federation.heads == "local" and heads.federation.heads == "federated"
     assert heads.tasks == plain.tasks and heads.experiment.seed == 1
     quarter = bench.bench_config(suite, quick=True, seed=1, work=tmp_path, ablation="quarter-batch")
-    assert (plain.train.batch_size, quarter.train.batch_size) == (32, 8)
+    assert (plain.train.batch_size, quarter.train.batch_size) == (8, 2)
     assert quarter.train.epochs == plain.train.epochs
     chest = bench.SUITES["chest"]
     adjusted = bench.bench_config(
