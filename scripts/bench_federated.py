@@ -398,8 +398,8 @@ def render_section(report: Mapping[str, Any]) -> str:
             render_table(suite),
             "",
             f"Federated / centralised CTAN (primary metrics, worst task): "
-            f"{number_text(checks.get('fed_over_central'))} (target ≥ {RATIO_TO_CENTRAL_MIN}); "
-            f"federated CTAN / sites alone: {number_text(checks.get('fed_over_alone'))} "
+            f"{ratio_text(checks.get('fed_over_central'))} (target ≥ {RATIO_TO_CENTRAL_MIN}); "
+            f"federated CTAN / sites alone: {ratio_text(checks.get('fed_over_alone'))} "
             f"(target > 1). {_per_task_text(checks.get('per_task', {}))}",
             "",
         ]
@@ -408,12 +408,17 @@ def render_section(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def ratio_text(value: float | None) -> str:
+    """A target ratio with 3 decimals, so that 1.003 against "> 1" does not print as 1."""
+    return "n/a" if not finite(value) else f"{value:.3f}"
+
+
 def _per_task_text(per_task: Mapping[str, Mapping[str, Any]]) -> str:
     """Each task's two ratios, so that a task whose ratio is undefined (a metric of 0 for the
     reference) does not hide the others behind the worst task's n/a."""
     parts = [
-        f"{task} ({ratios['metric']}) {number_text(ratios['fed_over_central'])} and "
-        f"{number_text(ratios['fed_over_alone'])}"
+        f"{task} ({ratios['metric']}) {ratio_text(ratios['fed_over_central'])} and "
+        f"{ratio_text(ratios['fed_over_alone'])}"
         for task, ratios in per_task.items()
     ]
     return f"Per task, the same two ratios: {'; '.join(parts)}." if parts else ""

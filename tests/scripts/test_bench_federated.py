@@ -174,6 +174,12 @@ def test_section_names_ratios_bytes_heads_and_overhead():
     assert "deployed over TLS: not measured" in section
 
 
+def test_target_ratios_keep_three_decimals():
+    assert bench.ratio_text(1.0028) == "1.003", "a ratio just above 1 must not print as 1"
+    assert bench.ratio_text(0.13915) == "0.139"
+    assert bench.ratio_text(None) == bench.ratio_text(math.nan) == "n/a"
+
+
 def test_section_reports_the_deployed_overhead():
     report = _report()
     rounds = [
