@@ -166,7 +166,7 @@ def train_centralised(
             metrics = {"epoch": epoch, "validation": validation.metrics}
             save_checkpoint(last_path, trainer.model, config, metrics, {"epoch": epoch})
             if score < best_loss:
-                best_loss = score
+                best_loss, best_validation = score, validation
                 save_checkpoint(best_path, trainer.model, config, metrics, {"epoch": epoch})
             logger.info(
                 "epoch %d/%d %.1fs train loss %s validation %s",
@@ -178,7 +178,6 @@ def train_centralised(
             )
         best = load_checkpoint(best_path)
         trainer.model.load_state_dict(best.state_dict)
-        validation = evaluate_cases(trainer, config, splits["validation"])
         test = evaluate_cases(trainer, config, splits["test"]) if splits.get("test") else None
         if test is not None:
             log.log(int(best.extra["epoch"]), "test", test.flat())
@@ -186,7 +185,7 @@ def train_centralised(
         log.close()
     summary = {
         "best_epoch": best.extra["epoch"],
-        "validation": validation.metrics,
+        "validation": best_validation.metrics,
         "test": test.metrics if test is not None else None,
         "test_labelled": test.labelled if test is not None else None,
         "epoch_seconds": epoch_seconds,
@@ -199,7 +198,7 @@ def train_centralised(
         [t.name for t in config.tasks],
         {t.name: t.primary_metric for t in config.tasks},
     )
-    return RunResult(folder, best_path, test, validation, epoch_seconds)
+    return RunResult(folder, best_path, test, best_validation, epoch_seconds)
 
 
 def _mean_finite(values: Any) -> float:
