@@ -68,15 +68,21 @@ def _ensure_root(config: Config) -> Path:
     from ctan.data.phantoms import write_phantoms
 
     log.info("writing %s phantom data to %s", data.format, data.root)
-    return Path(
-        write_phantoms(
+    try:
+        return write_phantoms(
             data.format,
             data.root,
             cases=data.phantom.cases,
             sites=data.phantom.sites,
             seed=data.phantom.seed,
         )
-    )
+    except FileExistsError:
+        if not data.root.is_dir():
+            raise
+        # Several sites of one simulation can start on a fresh machine at once; the first to
+        # finish wins, and the phantoms are the same bytes for the same settings.
+        log.info("phantom data at %s was written by another process meanwhile", data.root)
+        return data.root
 
 
 def build_cases(config: Config, skip_bad: bool | None = None) -> CaseList:

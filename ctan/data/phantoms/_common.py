@@ -67,21 +67,34 @@ def atomic_dir(out: Path) -> Iterator[Path]:
     A crash leaves no half-written ``out`` that a reader could take for a complete data set.
 
     Raises:
-        FileExistsError: ``out`` exists and is not an empty folder.
+        FileExistsError: ``out`` exists and is not an empty folder, also when another writer
+            completed it while this one was writing (this one's folder is then discarded).
     """
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if _is_filled(out):
         raise FileExistsError(f"phantom output {out} already exists and is not an empty folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         yield tmp
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
+        try:
+            if out.exists() and not _is_filled(out):
+                out.rmdir()
+            tmp.rename(out)
+        except OSError as error:
+            if _is_filled(out):
+                raise FileExistsError(
+                    f"phantom output {out} was completed by another writer meanwhile"
+                ) from error
+            raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _is_filled(path: Path) -> bool:
+    """Whether ``path`` exists as anything but an empty folder."""
+    return path.exists() and (not path.is_dir() or any(path.iterdir()))
 
 
 def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:

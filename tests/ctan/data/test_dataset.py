@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
-from datahelpers import KBP_TASKS, make_config, write_kbp_patient
+from datahelpers import HAM_TASKS, KBP_TASKS, make_config, write_kbp_patient
 
 from ctan.config import SplitConfig
 from ctan.data.base import Case
@@ -63,3 +63,38 @@ def test_check_reports_a_missing_folder(tmp_path: Path) -> None:
     cfg = make_config("openkbp", tmp_path / "none", KBP_TASKS, tmp_path / "c", in_channels=4)
     report = check_data(cfg)
     assert not report.ok and "none" in report.render()
+
+
+def test_sites_starting_at_once_share_the_phantoms_they_write(tmp_path: Path) -> None:
+    """Simulated sites on a fresh machine all find ``data.root`` missing and write it at once."""
+    import threading
+
+    from ctan.config import PhantomConfig
+
+    cfg = make_config("ham10000", tmp_path / "ham", HAM_TASKS, tmp_path / "cache")
+    cfg = cfg.model_copy(
+        update={
+            "data": cfg.data.model_copy(
+                update={"phantom": PhantomConfig(cases=24, sites=2, seed=0)}
+            )
+        }
+    )
+    start = threading.Barrier(3)
+    listed: list[int] = []
+    errors: list[BaseException] = []
+
+    def list_cases() -> None:
+        start.wait()
+        try:
+            listed.append(len(build_cases(cfg)))
+        except BaseException as error:  # reported by the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=list_cases) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert listed == [24, 24, 24]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

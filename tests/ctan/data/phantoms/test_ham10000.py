@@ -194,3 +194,15 @@ def test_reader_lists_the_phantoms(ham: Path) -> None:
     assert all(case.site == rows[case.case_id]["dataset"] for case in cases)
     masks = {p.name.removesuffix("_segmentation.png") for p in (ham / MASK_FOLDER).iterdir()}
     assert {case.case_id for case in cases if case.has_label("lesion")} == masks
+
+
+def test_a_writer_that_loses_the_race_keeps_the_winners_folder(tmp_path: Path) -> None:
+    from ctan.data.phantoms._common import atomic_dir
+
+    out = tmp_path / "ham"
+    with pytest.raises(FileExistsError, match="another writer"), atomic_dir(out) as tmp:
+        (tmp / "late.txt").write_text("written by the slower writer")
+        write_phantoms("ham10000", out, cases=4, sites=2, seed=0)
+    assert not (out / "late.txt").exists()
+    assert (out / "HAM10000_metadata.csv").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["ham"]
