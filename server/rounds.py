@@ -190,6 +190,19 @@ def _reply_metrics(reply: Message) -> dict[str, float]:
     }
 
 
+def in_site_order(replies: Iterable[Message], names: Mapping[int, str]) -> list[Message]:
+    """Replies sorted by site name, whatever order they arrived in.
+
+    Aggregation sums the sites' arrays in reply order, and floating-point sums depend on order: in
+    arrival order a few weights per million come out one float32 ulp apart, and training then
+    carries two runs with the same seed further apart every round.
+    """
+    return sorted(
+        replies,
+        key=lambda r: (names.get(r.metadata.src_node_id, ""), r.metadata.src_node_id),
+    )
+
+
 def _ok(
     replies: list[Message],
     sent: set[int],
@@ -319,7 +332,9 @@ def _one_round(
     sent_bytes = record.count_bytes()
     messages = list(strategy.configure_train(server_round, record, ConfigRecord(), grid))
     sent = {m.metadata.dst_node_id for m in messages}
-    replies = list(grid.send_and_receive(messages, timeout=federation.round_timeout))
+    replies = in_site_order(
+        grid.send_and_receive(messages, timeout=federation.round_timeout), names
+    )
     good = _ok(replies, sent, federation.min_sites, names, "train", server_round)
     train_seconds = 0.0
     for reply in good:
@@ -349,7 +364,9 @@ def _one_round(
         )
     )
     eval_sent = {m.metadata.dst_node_id for m in eval_messages}
-    eval_replies = list(grid.send_and_receive(eval_messages, timeout=federation.round_timeout))
+    eval_replies = in_site_order(
+        grid.send_and_receive(eval_messages, timeout=federation.round_timeout), names
+    )
     eval_good = _ok(eval_replies, eval_sent, federation.min_sites, names, "evaluate", server_round)
     summary = []
     for reply in eval_good:
