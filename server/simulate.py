@@ -51,6 +51,40 @@ def flower_env(home: Path) -> dict[str, str]:
     return env
 
 
+def site_resources(
+    sites: int, device: str, cpus: int, gpus: int, gpus_per_site: float | None = None
+) -> tuple[int, float]:
+    """CPUs and the share of a GPU that each simulated site's worker asks Ray for.
+
+    Ray hides every GPU from a worker that asked for none (it sets ``CUDA_VISIBLE_DEVICES`` to
+    an empty string), so a site sees a GPU only when it is given a share of one. By default, with
+    ``train.device`` ``auto`` or ``cuda`` and GPUs on this machine, the GPUs are shared evenly
+    among the sites, at most one whole GPU each.
+
+    Args:
+        sites: simulated sites.
+        device: the config's ``train.device``.
+        cpus, gpus: what this machine has.
+        gpus_per_site: an explicit share (0 keeps the sites on the CPU).
+
+    Raises:
+        ValueError: a GPU share is asked for (or ``device`` is ``cuda``) but there is no GPU.
+    """
+    cpus_per_site = max(1, cpus // sites)
+    if gpus_per_site is None:
+        if device.startswith("cuda") and not gpus:
+            raise ValueError(f"train.device is {device!r} but torch sees no GPU on this machine")
+        gpus_per_site = min(1.0, gpus / sites) if gpus and device != "cpu" else 0.0
+    if gpus_per_site < 0:
+        raise ValueError(f"gpus per site must be at least 0, got {gpus_per_site}")
+    if gpus_per_site > 0 and not gpus:
+        raise ValueError(
+            f"{gpus_per_site} GPU per site asked for, but torch sees no GPU on this machine "
+            "(Ray would wait for one forever)"
+        )
+    return cpus_per_site, gpus_per_site
+
+
 def _bin(name: str) -> str:
     local = Path(sys.executable).parent / name
     return str(local) if local.exists() else name
@@ -174,11 +208,23 @@ def simulate(
     state_dir: Path | None,
     resume: bool,
     keep_home: bool,
+    gpus_per_site: float | None = None,
 ) -> int:
-    """Run the simulation; returns 0 when the run completed, 1 otherwise."""
+    """Run the simulation; returns 0 when the run completed, 1 otherwise.
+
+    Raises:
+        ValueError: the config has no sites, or asks for a GPU this machine lacks.
+    """
+    import torch
+
     config = load_config(config_path)
     if config.federation is None or not config.federation.sites:
         raise ValueError(f"{config_path} needs a federation section with sites to simulate")
+    sites = len(config.federation.sites)
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    cpus, gpu_share = site_resources(
+        sites, config.train.device, os.cpu_count() or 1, gpus, gpus_per_site
+    )
     home = Path(tempfile.mkdtemp(prefix="ctan-flwr-home-"))
     port = free_port()
     write_connection(home, port)
@@ -193,9 +239,11 @@ def simulate(
         f"{k}={json.dumps(v) if isinstance(v, str) else str(v).lower()}"
         for k, v in run_config.items()
     )
-    sites = len(config.federation.sites)
-    cpus = max(1, (os.cpu_count() or 1) // sites)
-    print(f"simulating {sites} sites; private FLWR_HOME {home}, SuperLink on 127.0.0.1:{port}")
+    gpu_text = f", {gpu_share:g} of a GPU" if gpu_share else ""
+    print(
+        f"simulating {sites} sites ({cpus} CPU{gpu_text} each); private FLWR_HOME {home}, "
+        f"SuperLink on 127.0.0.1:{port}"
+    )
     superlink = start_superlink(home, port)
     try:
         submitted = subprocess.run(
@@ -207,7 +255,8 @@ def simulate(
                 "--run-config",
                 overrides,
                 "--federation-config",
-                f"num-supernodes={sites} client-resources-num-cpus={cpus}",
+                f"num-supernodes={sites} client-resources-num-cpus={cpus} "
+                f"client-resources-num-gpus={gpu_share}",
                 "--format",
                 "json",
             ],
@@ -274,6 +323,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="keep the private FLWR_HOME (logs) after a successful run",
     )
+    parser.add_argument(
+        "--gpus-per-site",
+        type=float,
+        help="share of a GPU each site asks for (default: the GPUs split evenly among the sites "
+        "when train.device is auto or cuda; 0 keeps every site on the CPU)",
+    )
     args = parser.parse_args(argv)
     try:
         return simulate(
@@ -283,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
             args.state_dir,
             args.resume,
             args.keep_flwr_home,
+            args.gpus_per_site,
         )
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"simulate: error: {err}", file=sys.stderr)
