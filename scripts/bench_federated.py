@@ -386,12 +386,13 @@ def render_section(report: Mapping[str, Any]) -> str:
     for name, suite in report["suites"].items():
         sizes, checks = suite["sizes"], suite.get("checks", {})
         sites = ", ".join(f"{s} {n}" for s, n in suite["site_sizes"].items())
+        strategy = f" ({suite['strategy']})" if suite.get("strategy") else ""
         lines += [
             f"#### {name}",
             "",
             f"`{suite['config']}`: {sizes['spatial_dims']}D {sizes['image_size']}, widths "
             f"{sizes['widths']}, batch {sizes['batch_size']}, {suite['rounds']} rounds × "
-            f"{suite['local_epochs']} local epochs, seeds {suite['seeds']}; sites "
+            f"{suite['local_epochs']} local epochs{strategy}, seeds {suite['seeds']}; sites "
             f"train/validation/test (seed {suite['seeds'][0]}): {sites}; "
             f"{suite['wall_seconds'] / 60:.1f} min{'' if suite['complete'] else ' (incomplete)'}.",
             "",
@@ -770,6 +771,7 @@ def suite_record(suite: Suite, config: Any, seeds: Sequence[int], splits: Mappin
         },
         "rounds": config.federation.rounds,
         "local_epochs": config.federation.local_epochs,
+        "strategy": config.federation.strategy,
         "seeds": list(seeds),
         "site_sizes": {
             site: "/".join(str(len(s[p])) for p in ("train", "validation", "test"))
@@ -779,6 +781,39 @@ def suite_record(suite: Suite, config: Any, seeds: Sequence[int], splits: Mappin
         "wall_seconds": 0.0,
         "runs": [],
     }
+
+
+SETTINGS_KEYS = ("config", "tasks", "sizes", "rounds", "local_epochs", "strategy")
+
+
+def merge_earlier_seeds(stored: Mapping[str, Any] | None, fresh: dict[str, Any]) -> dict[str, Any]:
+    """``fresh`` (a new suite skeleton) with the runs of ``stored`` for seeds not run now.
+
+    A suite takes hours, so it can be run a few seeds at a time (``--seeds``); earlier seeds
+    are kept only when every setting matches, so a table never mixes configurations.
+
+    Returns:
+        ``fresh`` itself, its ``runs``, ``seeds``, ``wall_seconds`` and ``site_sizes`` (those of
+        the lowest seed) extended by the stored ones.
+    """
+    if not stored or any(stored.get(k) != fresh[k] for k in SETTINGS_KEYS):
+        return fresh
+    kept = [r for r in stored.get("runs", []) if r["seed"] not in fresh["seeds"]]
+    if not kept:
+        return fresh
+    earlier = sorted({r["seed"] for r in kept})
+    if earlier[0] < min(fresh["seeds"]):
+        fresh["site_sizes"] = stored["site_sizes"]
+    fresh["seeds"] = sorted({*earlier, *fresh["seeds"]})
+    fresh["runs"] = kept
+    fresh["wall_seconds"] = sum(r["wall_seconds"] for r in kept)
+    return fresh
+
+
+def is_complete(record: Mapping[str, Any], variants: Sequence[str], seeds: Sequence[int]) -> bool:
+    """Whether ``record`` holds a run of every variant for every one of ``seeds``."""
+    done = {(r["variant"], r["seed"]) for r in record["runs"]}
+    return all((v, s) in done for v in variants for s in seeds)
 
 
 class Report:
@@ -866,17 +901,22 @@ def primary_scores(record: Mapping[str, Any], metrics: Mapping[str, Mapping[str,
 def run_suite(name: str, seeds: Sequence[int], quick: bool, work: Path, report: Report) -> None:
     """Every variant of one suite for every seed; the report is rewritten after each run."""
     suite = SUITES[name]
-    start = time.perf_counter()
     archs = ("ctan",) if quick else FEDERATED_ARCHS
+    variants = ("centralised-ctan", "alone-ctan", *(f"federated-{a}" for a in archs))
     record: dict[str, Any] = {}
     for seed in seeds:
         base = work / name / f"seed{seed}"
         config = bench_config(suite, quick, seed, work, report.ablation)
         splits = site_splits(config)
         if not record:
-            record = suite_record(suite, config, seeds, splits)
+            fresh = suite_record(suite, config, seeds, splits)
+            record = merge_earlier_seeds(report.data["suites"].get(name), fresh)
+            if record["runs"]:
+                kept = sorted({r["seed"] for r in record["runs"]})
+                print(f"{name}: keeping the stored runs of seeds {kept}", flush=True)
+            start = time.perf_counter() - record["wall_seconds"]
             report.data["suites"][name] = record
-        for variant in ("centralised-ctan", "alone-ctan", *(f"federated-{a}" for a in archs)):
+        for variant in variants:
             began = time.perf_counter()
             if variant == "centralised-ctan":
                 per_site = run_centralised(config, splits, base / variant)
@@ -907,7 +947,8 @@ def run_suite(name: str, seeds: Sequence[int], quick: bool, work: Path, report: 
                 f"{run['wall_seconds']:.0f}s",
                 flush=True,
             )
-    record["complete"] = True
+    wanted = QUICK_SEEDS if quick else FULL_SEEDS
+    record["complete"] = is_complete(record, variants, sorted({*wanted, *record["seeds"]}))
     record["checks"] = suite_checks(record["summary"], record["tasks"])
     report.write()
 
@@ -970,7 +1011,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for smoke checks")
     parser.add_argument("--suite", choices=list(SUITES), action="append", help="repeatable")
-    parser.add_argument("--seeds", type=int, nargs="+", help="default 0 1 2 (quick: 0)")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        help="default 0 1 2 (quick: 0); the stored runs of other seeds are kept when the "
+        "suite's settings are unchanged",
+    )
     parser.add_argument("--no-overhead", action="store_true", help="skip the overhead runs")
     parser.add_argument(
         "--only-overhead",

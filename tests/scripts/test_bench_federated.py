@@ -276,3 +276,44 @@ def test_ablation_report_has_its_own_file_and_section(tmp_path: Path):
     assert "<!-- bench_federated:start -->\nmain\n<!-- bench_federated:end -->" in text
     assert "<!-- bench_federated_balanced:start -->" in text and "Change: class-balanced" in text
     assert json.loads((tmp_path / "v.json").read_text())["ablation"].startswith("class-balanced")
+
+
+def _suite(seeds: list[int], batch: int = 32) -> dict:
+    return {
+        "config": "configs/federated/x.yaml",
+        "tasks": [{"name": "a", "metrics": ["dice"], "higher_is_better": [True]}],
+        "sizes": {"batch_size": batch},
+        "rounds": 2,
+        "local_epochs": 1,
+        "strategy": "fedavg",
+        "seeds": seeds,
+        "site_sizes": {"s1": f"seed{seeds[0]}"},
+        "wall_seconds": 0.0,
+        "runs": [
+            {"variant": v, "seed": s, "wall_seconds": 10.0}
+            for s in seeds
+            for v in ("centralised-ctan", "alone-ctan")
+        ],
+    }
+
+
+def test_earlier_seeds_are_kept_only_with_the_same_settings():
+    stored = _suite([0, 1])
+    fresh = _suite([2]) | {"runs": []}
+    merged = bench.merge_earlier_seeds(stored, fresh)
+    assert merged["seeds"] == [0, 1, 2] and merged["site_sizes"] == {"s1": "seed0"}
+    assert sorted({r["seed"] for r in merged["runs"]}) == [0, 1]
+    assert merged["wall_seconds"] == 40.0
+    rerun = bench.merge_earlier_seeds(_suite([0, 1]), _suite([1]) | {"runs": []})
+    assert rerun["seeds"] == [0, 1] and {r["seed"] for r in rerun["runs"]} == {0}
+    changed = bench.merge_earlier_seeds(_suite([0, 1], batch=8), _suite([2]) | {"runs": []})
+    assert changed["seeds"] == [2] and changed["runs"] == []
+    assert bench.merge_earlier_seeds(None, _suite([2]))["seeds"] == [2]
+
+
+def test_a_suite_is_complete_with_every_variant_of_every_seed():
+    record = _suite([0, 1])
+    variants = ("centralised-ctan", "alone-ctan")
+    assert bench.is_complete(record, variants, [0, 1])
+    assert not bench.is_complete(record, variants, [0, 1, 2])
+    assert not bench.is_complete(record, (*variants, "federated-ctan"), [0, 1])
