@@ -191,11 +191,9 @@ def _reply_metrics(reply: Message) -> dict[str, float]:
 
 
 def in_site_order(replies: Iterable[Message], names: Mapping[int, str]) -> list[Message]:
-    """Replies sorted by site name, whatever order they arrived in.
+    """Replies sorted by site name, so that the round log lists the sites in one order.
 
-    Aggregation sums the sites' arrays in reply order, and floating-point sums depend on order: in
-    arrival order a few weights per million come out one float32 ulp apart, and training then
-    carries two runs with the same seed further apart every round.
+    (The strategy aggregates in site order by itself, whatever order it is given.)
     """
     return sorted(
         replies,

@@ -289,40 +289,49 @@ def test_adaptive_strategies_take_the_server_optimizer() -> None:
     assert (default.eta, default.beta_1, default.beta_2, default.tau) == (0.01, 0.9, 0.99, 1e-3)
 
 
-def test_replies_in_site_order_aggregate_to_the_same_bits_whatever_their_arrival() -> None:
-    """Float sums depend on order: the round loop sorts replies by site so reruns match exactly."""
+def test_replies_aggregate_to_the_same_bits_whatever_their_arrival_order() -> None:
+    """Float sums depend on order, so the strategy aggregates in site order and reruns match."""
     from itertools import permutations
 
-    from server.rounds import in_site_order
+    from server.aggregation import SiteUpdate, aggregate_groups
 
     base = np.random.default_rng(0).normal(0.0, 0.1, 2_000_000).astype(F32)
     names = {11: "hospital_c", 22: "hospital_a", 33: "hospital_b", 44: "hospital_d"}
+    moved = {
+        node: base + np.random.default_rng(node).normal(0.0, 1e-3, base.size).astype(F32)
+        for node in names
+    }
+    updates = {
+        node: SiteUpdate(
+            node, {"encoder": {"encoder.w": moved[node]}}, {"encoder": 50 + node}, {"a"}
+        )
+        for node in names
+    }
+    previous = {"encoder": {"encoder.w": base}}
+    orders = list(permutations(names))
+    plain = [
+        aggregate_groups(previous, [updates[n] for n in order]).groups["encoder"]["encoder.w"]
+        for order in orders
+    ]
+    assert any(not np.array_equal(plain[0], other) for other in plain[1:])
+
     strategy = TaskAwareFedAvg(min_train_nodes=4, min_available_nodes=4)
     record = ArrayRecord({"encoder.w": Array(base)})
     sent = list(strategy.configure_train(1, record, ConfigRecord(), FakeGrid(names)))
     replies = {}
     for message in sent:
         node = message.metadata.dst_node_id
-        moved = base + np.random.default_rng(node).normal(0.0, 1e-3, base.size).astype(F32)
         content = RecordDict(
             {
-                "arrays": ArrayRecord({"encoder.w": Array(moved)}),
+                "arrays": ArrayRecord({"encoder.w": Array(moved[node])}),
                 "metrics": MetricRecord({"num-examples.encoder": 50 + node}),
-                "config": ConfigRecord({"tasks": ["a"]}),
+                "config": ConfigRecord({"tasks": ["a"], "site": names[node]}),
             }
         )
         replies[node] = Message(content, reply_to=message)
-
-    def aggregate(arrival: tuple[int, ...], sort: bool) -> np.ndarray:
-        arrived = [replies[node] for node in arrival]
-        if sort:
-            arrived = in_site_order(arrived, names)
-        arrays, _ = strategy.aggregate_train(1, arrived)
-        return arrays["encoder.w"].numpy()
-
-    orders = list(permutations(names))
-    unsorted = [aggregate(order, sort=False) for order in orders]
-    assert any(not np.array_equal(unsorted[0], other) for other in unsorted[1:])
-    in_order = aggregate(orders[0], sort=True)
-    for order in orders[1:]:
-        np.testing.assert_array_equal(aggregate(order, sort=True), in_order, err_msg=str(order))
+    first = None
+    for order in orders:
+        arrays, _ = strategy.aggregate_train(1, [replies[node] for node in order])
+        result = arrays["encoder.w"].numpy()
+        first = result if first is None else first
+        np.testing.assert_array_equal(result, first, err_msg=str(order))
