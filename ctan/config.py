@@ -279,16 +279,32 @@ class ServerOptimizerConfig(_Section):
     tau: float = Field(default=1.0e-3, gt=0.0, description="adaptivity: added to sqrt(v)")
 
 
+class ServerSGDConfig(_Section):
+    """The server's SGD step of FedAvgM (Hsu et al. 2019, arXiv:1909.06335).
+
+    The averaged site update ``d`` (new minus old weights) is applied as ``lr * (d + momentum *
+    previous)``. With ``n`` sites on similar data each site's epoch moves the weights about as
+    far as the average does, so plain FedAvg makes about ``1/n`` of centralised training's
+    progress per epoch of data; ``lr`` above 1 extrapolates along the averaged update.
+    """
+
+    lr: float = Field(default=1.0, gt=0.0, description="server learning rate")
+    momentum: float = Field(default=0.0, ge=0.0, lt=1.0, description="server momentum")
+
+
 class FederationConfig(_Section):
     """Rounds, strategy and aggregation of a federated run."""
 
     id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
     rounds: int = Field(default=20, ge=1)
     local_epochs: int = Field(default=1, ge=1)
-    strategy: Literal["fedavg", "fedprox", "fedadam", "fedyogi"] = "fedavg"
+    strategy: Literal["fedavg", "fedavgm", "fedprox", "fedadam", "fedyogi"] = "fedavg"
     proximal_mu: float = Field(default=0.01, ge=0.0)
     server_optimizer: ServerOptimizerConfig | None = Field(
         default=None, description="fedadam | fedyogi only; defaults when left out"
+    )
+    server_sgd: ServerSGDConfig | None = Field(
+        default=None, description="fedavgm only; defaults (lr 1, no momentum) when left out"
     )
     min_sites: int = Field(default=2, ge=1)
     heads: Literal["local", "federated"] = "local"
@@ -297,12 +313,14 @@ class FederationConfig(_Section):
     sites: list[SiteConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _check_server_optimizer(self) -> FederationConfig:
+    def _check_server_options(self) -> FederationConfig:
         if self.server_optimizer is not None and self.strategy not in ADAPTIVE_STRATEGIES:
             raise ValueError(
                 f"server_optimizer applies to strategy {' | '.join(ADAPTIVE_STRATEGIES)} only, "
                 f"not {self.strategy!r}"
             )
+        if self.server_sgd is not None and self.strategy != "fedavgm":
+            raise ValueError(f"server_sgd applies to strategy fedavgm only, not {self.strategy!r}")
         return self
 
 

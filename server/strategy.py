@@ -1,11 +1,11 @@
-"""Flower strategies with task-aware partial aggregation (FedAvg, FedProx, FedAdam, FedYogi).
+"""Flower strategies with task-aware partial aggregation (FedAvg(M), FedProx, FedAdam, FedYogi).
 
 Flower's ``FedAvg.aggregate_train`` declares replies with different array keys inconsistent, but
 our sites train different parameter groups. The classes here keep Flower's strategies (sampling
-parameters, record keys, FedProx's ``proximal-mu``, FedOpt's server optimiser) and replace only
-what must change: replies are grouped and averaged by :func:`server.aggregation.aggregate_groups`,
-node sampling is seeded by ``(seed, round)`` and waits for a quorum with a timeout, and the
-caller's config is never modified.
+parameters, record keys, FedProx's ``proximal-mu``, FedAvgM's and FedOpt's server optimisers)
+and replace only what must change: replies are grouped and averaged by
+:func:`server.aggregation.aggregate_groups`, node sampling is seeded by ``(seed, round)`` and
+waits for a quorum with a timeout, and the caller's config is never modified.
 
 Messages (record names follow Flower's ``arrayrecord_key``/``configrecord_key``, default
 ``"arrays"``/``"config"``, and ``weighted_by_key``, default ``"num-examples"``):
@@ -63,9 +63,14 @@ from flwr.app import (
 )
 from flwr.serverapp import Grid
 from flwr.serverapp.exception import AggregationError
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, FedYogi
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx, FedYogi
 
-from ctan.config import ADAPTIVE_STRATEGIES, FederationConfig, ServerOptimizerConfig
+from ctan.config import (
+    ADAPTIVE_STRATEGIES,
+    FederationConfig,
+    ServerOptimizerConfig,
+    ServerSGDConfig,
+)
 from ctan.models.groups import group_of
 from server.aggregation import (
     Groups,
@@ -402,7 +407,7 @@ class TaskAwareFedAvg(FedAvg):
 
 class _TaskAwareOptions:
     """Takes the task-aware arguments ahead of a Flower strategy whose ``__init__`` does not
-    know them (FedProx, FedAdam, FedYogi), then sets them after it has run."""
+    know them (FedAvgM, FedProx, FedAdam, FedYogi), then sets them after it has run."""
 
     def __init__(
         self,
@@ -427,6 +432,74 @@ class TaskAwareFedProx(_TaskAwareOptions, FedProx, TaskAwareFedAvg):
     ) -> Iterable[Message]:
         """As FedProx, but on a copy: FedProx writes ``proximal-mu`` into its argument."""
         return super().configure_train(server_round, arrays, ConfigRecord(dict(config)), grid)
+
+
+MOMENTUM_STATE_PREFIX = "momentum/"
+
+
+class TaskAwareFedAvgM(_TaskAwareOptions, FedAvgM, TaskAwareFedAvg):
+    """FedAvgM (Hsu et al. 2019, arXiv:1909.06335): a server SGD step with momentum on the
+    task-aware average. Arguments as :class:`TaskAwareFedAvg` plus FedAvgM's
+    ``server_learning_rate`` and ``server_momentum``.
+
+    Flower's FedAvgM pairs old and new arrays by position and keeps its momentum as a list; here
+    both are keyed by array name, a group nobody trained keeps its value *and* its momentum, and
+    the new arrays keep the dtypes they were sent with. The momentum is part of
+    :meth:`state_dict` (keys ``momentum/<array key>``).
+    """
+
+    momentum_vector: dict[str, np.ndarray] | None  # type: ignore[assignment]
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Remember the arrays sent this round: the step is taken from them."""
+        self.current_arrays = arrays
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """The task-aware average, then ``old + lr * (average - old + momentum * previous)``."""
+        averaged, metrics = TaskAwareFedAvg.aggregate_train(self, server_round, replies)
+        if averaged is None or self.current_arrays is None or self.last_round is None:
+            return averaged, metrics
+        if not self.server_opt:
+            return averaged, metrics
+        old = {k: v.numpy() for k, v in self.current_arrays.items()}
+        momentum = dict(self.momentum_vector or {})
+        stepped: dict[str, np.ndarray] = {}
+        for key, array in averaged.items():
+            start = old[key]
+            if group_of(key) not in self.last_round.contributors:
+                stepped[key] = start
+                continue
+            update = array.numpy().astype(np.float64) - start
+            if self.server_momentum > 0.0:
+                if key in momentum:
+                    update = update + self.server_momentum * momentum[key]
+                momentum[key] = update
+            stepped[key] = (start + self.server_learning_rate * update).astype(start.dtype)
+        self.momentum_vector = momentum or None
+        self.current_arrays = ArrayRecord({k: Array(v) for k, v in stepped.items()})
+        return self.current_arrays, metrics
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Seed plus the server momentum, as flat numpy arrays."""
+        state = super().state_dict()
+        for key, value in (self.momentum_vector or {}).items():
+            state[MOMENTUM_STATE_PREFIX + key] = np.array(value, copy=True)
+        return state
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        """Restore seed and momentum (copies; no momentum keys mean none accumulated yet)."""
+        super().load_state_dict(state)
+        momentum = {
+            k.removeprefix(MOMENTUM_STATE_PREFIX): np.array(v, copy=True)
+            for k, v in state.items()
+            if k.startswith(MOMENTUM_STATE_PREFIX)
+        }
+        self.momentum_vector = momentum or None
 
 
 class _GroupedFedOpt:
@@ -509,6 +582,7 @@ class TaskAwareFedYogi(_TaskAwareOptions, _GroupedFedOpt, FedYogi, TaskAwareFedA
 
 STRATEGIES: dict[str, Callable[..., TaskAwareFedAvg]] = {
     "fedavg": TaskAwareFedAvg,
+    "fedavgm": TaskAwareFedAvgM,
     "fedprox": TaskAwareFedProx,
     "fedadam": TaskAwareFedAdam,
     "fedyogi": TaskAwareFedYogi,
@@ -522,8 +596,9 @@ def build_strategy(
 
     ``min_sites`` sets Flower's ``min_train_nodes``, ``min_evaluate_nodes`` and
     ``min_available_nodes``; ``round_timeout`` bounds the wait for a quorum; FedProx gets
-    ``proximal_mu``; FedAdam/FedYogi get ``server_optimizer`` (its defaults when left out) as
-    Flower's ``eta``, ``beta_1``, ``beta_2``, ``tau``.
+    ``proximal_mu``; FedAvgM gets ``server_sgd`` (its defaults when left out) as Flower's
+    ``server_learning_rate`` and ``server_momentum``; FedAdam/FedYogi get ``server_optimizer``
+    (its defaults when left out) as Flower's ``eta``, ``beta_1``, ``beta_2``, ``tau``.
 
     Raises:
         ValueError: the strategy name is unknown (the config normally rules this out).
@@ -543,6 +618,9 @@ def build_strategy(
     }
     if federation.strategy == "fedprox":
         kwargs["proximal_mu"] = federation.proximal_mu
+    if federation.strategy == "fedavgm":
+        sgd = federation.server_sgd or ServerSGDConfig()
+        kwargs |= {"server_learning_rate": sgd.lr, "server_momentum": sgd.momentum}
     if federation.strategy in ADAPTIVE_STRATEGIES:
         server = federation.server_optimizer or ServerOptimizerConfig()
         kwargs |= {

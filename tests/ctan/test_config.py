@@ -159,6 +159,17 @@ def test_server_optimizer_belongs_to_adaptive_strategies():
     assert "federation.server_optimizer.lr" in _error(raw)
 
 
+def test_server_sgd_belongs_to_fedavgm():
+    raw = _base()
+    raw["federation"] = {"id": "f", "strategy": "fedavgm", "server_sgd": {"lr": 3.0}}
+    sgd = load_config(raw).federation.server_sgd
+    assert (sgd.lr, sgd.momentum) == (3.0, 0.0)
+    raw["federation"]["strategy"] = "fedprox"
+    assert "server_sgd applies to strategy fedavgm only, not 'fedprox'" in _error(raw)
+    raw["federation"] |= {"strategy": "fedavgm", "server_sgd": {"momentum": 1.0}}
+    assert "federation.server_sgd.momentum" in _error(raw)
+
+
 def test_yaml_file_errors_name_the_file(tmp_path: Path):
     with pytest.raises(FileNotFoundError, match=r"missing\.yaml"):
         load_config(tmp_path / "missing.yaml")

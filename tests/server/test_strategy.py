@@ -1,4 +1,4 @@
-"""Task-aware Flower strategies: messages, reply grouping, FedOpt key sets and state."""
+"""Task-aware Flower strategies: messages, reply grouping, server optimisers and state."""
 
 from __future__ import annotations
 
@@ -18,12 +18,13 @@ from flwr.app import (
 )
 from flwr.supercore.task_identity import TaskIdentity
 
-from ctan.config import FederationConfig, ServerOptimizerConfig
+from ctan.config import FederationConfig, ServerOptimizerConfig, ServerSGDConfig
 from server.aggregation import RobustOptions
 from server.strategy import (
     QuorumTimeoutError,
     TaskAwareFedAdam,
     TaskAwareFedAvg,
+    TaskAwareFedAvgM,
     TaskAwareFedProx,
     TaskAwareFedYogi,
     arrayrecord_to_groups,
@@ -247,6 +248,53 @@ def test_fedopt_state_round_trips(cls: type[TaskAwareFedAvg]) -> None:
         np.testing.assert_array_equal(out_first[key].numpy(), out_second[key].numpy())
 
 
+def test_fedavgm_steps_along_the_average_and_freezes_untrained_groups() -> None:
+    strategy = TaskAwareFedAvgM(
+        min_train_nodes=1, min_available_nodes=1, server_learning_rate=2.0, server_momentum=0.5
+    )
+    arrays, _ = run_round(strategy, 1, global_record(), {11: 1.0, 22: 2.0, 33: 4.0})
+    assert arrays is not None and list(arrays) == list(global_record())
+    assert {a.dtype for a in arrays.values()} == {"float32"}
+    # by hand: encoder averaged over 14, 20 and 5 examples; task a over 10 and 20; b over 4 and 5
+    first = {"encoder.w": (14 + 40 + 20) / 39, "attention.a.w": 50 / 30, "attention.b.w": 24 / 9}
+    for key, average in first.items():
+        np.testing.assert_allclose(arrays[key].numpy(), 2.0 * average, rtol=1e-6)
+    np.testing.assert_array_equal(arrays["attention.c.w"].numpy(), np.full(3, 7.0))
+    b_after_1 = arrays["attention.b.w"].numpy().copy()
+    a_after_1 = arrays["attention.a.w"].numpy().copy()
+    momentum_b = strategy.momentum_vector["attention.b.w"].copy()
+    # round 2: only site 22 (task a) trains; b keeps value and momentum, a takes momentum
+    arrays, _ = run_round(strategy, 2, arrays, {22: 1.0})
+    assert arrays is not None
+    np.testing.assert_array_equal(arrays["attention.b.w"].numpy(), b_after_1)
+    np.testing.assert_array_equal(strategy.momentum_vector["attention.b.w"], momentum_b)
+    np.testing.assert_allclose(
+        arrays["attention.a.w"].numpy(), a_after_1 + 2.0 * (1.0 + 0.5 * 50 / 30), rtol=1e-6
+    )
+
+
+def test_fedavgm_without_server_step_is_fedavg_and_its_momentum_round_trips() -> None:
+    shifts = [{11: 1.0, 22: 2.0}, {33: 3.0, 22: -1.0}]
+    plain, unit = TaskAwareFedAvg(min_train_nodes=1), TaskAwareFedAvgM(min_train_nodes=1)
+    first = TaskAwareFedAvgM(min_train_nodes=1, server_learning_rate=1.5, server_momentum=0.9)
+    ours = {id(s): global_record() for s in (plain, unit, first)}
+    for rnd, shift in enumerate(shifts, 1):
+        for strategy in (plain, unit, first):
+            ours[id(strategy)], _ = run_round(strategy, rnd, ours[id(strategy)], shift)
+    for key in ours[id(plain)]:
+        np.testing.assert_array_equal(ours[id(plain)][key].numpy(), ours[id(unit)][key].numpy())
+    state = first.state_dict()
+    assert {k.split("/")[0] for k in state} == {"seed", "momentum"}
+    second = TaskAwareFedAvgM(min_train_nodes=1, server_learning_rate=1.5, server_momentum=0.9)
+    second.load_state_dict(state)
+    state["momentum/encoder.w"][:] = 123.0  # the loaded copy must not alias the saved state
+    third = {11: 0.5, 33: 2.0}
+    out_first, _ = run_round(first, 3, ours[id(first)], third)
+    out_second, _ = run_round(second, 3, ours[id(first)], third)
+    for key in out_first:
+        np.testing.assert_array_equal(out_first[key].numpy(), out_second[key].numpy())
+
+
 def test_travelling_arrays_and_conversion() -> None:
     record = global_record(heads=True)
     assert "heads.a.w" not in travelling_arrays(record, "local")
@@ -264,6 +312,7 @@ def test_travelling_arrays_and_conversion() -> None:
     ("name", "cls"),
     [
         ("fedavg", TaskAwareFedAvg),
+        ("fedavgm", TaskAwareFedAvgM),
         ("fedprox", TaskAwareFedProx),
         ("fedadam", TaskAwareFedAdam),
         ("fedyogi", TaskAwareFedYogi),
@@ -287,6 +336,20 @@ def test_adaptive_strategies_take_the_server_optimizer() -> None:
     assert (strategy.eta, strategy.beta_1, strategy.beta_2, strategy.tau) == (0.003, 0.5, 0.9, 1e-4)
     default = build_strategy(FederationConfig(id="t", strategy="fedadam"), seed=0)
     assert (default.eta, default.beta_1, default.beta_2, default.tau) == (0.01, 0.9, 0.99, 1e-3)
+
+
+def test_fedavgm_takes_the_server_sgd_step() -> None:
+    tuned = FederationConfig(
+        id="t", strategy="fedavgm", server_sgd=ServerSGDConfig(lr=3.0, momentum=0.9)
+    )
+    strategy = build_strategy(tuned, seed=0)
+    assert (strategy.server_learning_rate, strategy.server_momentum) == (3.0, 0.9)
+    default = build_strategy(FederationConfig(id="t", strategy="fedavgm"), seed=0)
+    assert (default.server_learning_rate, default.server_momentum, default.server_opt) == (
+        1.0,
+        0.0,
+        False,
+    )
 
 
 def test_replies_aggregate_to_the_same_bits_whatever_their_arrival_order() -> None:
