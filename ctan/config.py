@@ -283,9 +283,8 @@ class ServerSGDConfig(_Section):
     """The server's SGD step of FedAvgM (Hsu et al. 2019, arXiv:1909.06335).
 
     The averaged site update ``d`` (new minus old weights) is applied as ``lr * (d + momentum *
-    previous)``. With ``n`` sites on similar data each site's epoch moves the weights about as
-    far as the average does, so plain FedAvg makes about ``1/n`` of centralised training's
-    progress per epoch of data; ``lr`` above 1 extrapolates along the averaged update.
+    previous)``, where ``previous`` is the last round's bracket: ``lr`` 1 without momentum is
+    FedAvg, ``lr`` above 1 extrapolates along the averaged update.
     """
 
     lr: float = Field(default=1.0, gt=0.0, description="server learning rate")
