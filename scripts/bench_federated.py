@@ -759,6 +759,7 @@ def suite_record(suite: Suite, config: Any, seeds: Sequence[int], splits: Mappin
                 "name": t.name,
                 "metrics": list(t.metrics),
                 "higher_is_better": [METRICS[m].higher_is_better for m in t.metrics],
+                "spec": t.model_dump(mode="json"),
             }
             for t in config.tasks
         ],

@@ -6,6 +6,7 @@ freely in one model. Every head takes the task's own list of stage features.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -21,7 +22,7 @@ class PixelDecoder(nn.Module):
 
     From the bottleneck up, each level upsamples, concatenates the skip feature of that stage and
     applies a 3x3 conv-norm-act; a final 1x1 convolution gives ``out_channels`` maps (logits for
-    segmentation, values for regression).
+    segmentation, values for regression), its bias starting at ``output_bias`` when given.
 
     Shapes:
         features ``[(B, widths[s], *S / 2**s)]`` -> ``(B, out_channels, *S)``.
@@ -36,6 +37,7 @@ class PixelDecoder(nn.Module):
         act: str,
         norm_groups: int,
         output_scale: float = 1.0,
+        output_bias: float | None = None,
     ) -> None:
         super().__init__()
         self.output_scale = output_scale
@@ -44,6 +46,8 @@ class PixelDecoder(nn.Module):
             for s in range(len(widths) - 1)
         )
         self.output = make_conv(spatial_dims, widths[0], out_channels, kernel_size=1)
+        if output_bias is not None:
+            nn.init.constant_(self.output.bias, output_bias)
 
     def forward(self, features: list[Tensor]) -> Tensor:
         x = features[-1]
@@ -86,6 +90,7 @@ def _pixel_head(config: ModelConfig, task: TaskSpec) -> nn.Module:
         config.act,
         config.norm_groups,
         task.scale,
+        None if task.prior is None else math.log(task.prior / (1.0 - task.prior)),
     )
 
 

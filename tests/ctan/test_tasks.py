@@ -33,6 +33,9 @@ def test_multi_label_is_explicit():
         ({"kind": "segmentation", "classes": 1, "scale": 70}, "regression tasks only"),
         ({"kind": "regression", "classes": 1, "scale": 0}, "greater than 0"),
         ({"kind": "regression", "classes": 1, "scale": float("inf")}, "finite"),
+        ({"kind": "segmentation", "classes": 3, "prior": 0.01}, "sigmoid segmentation tasks only"),
+        ({"kind": "classification", "classes": 2, "prior": 0.01}, "sigmoid segmentation"),
+        ({"kind": "segmentation", "classes": 1, "prior": 1.0}, "less than 1"),
     ],
 )
 def test_invalid_specs(fields, message):

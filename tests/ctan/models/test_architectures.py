@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 import typing
 
 import pytest
@@ -57,6 +58,23 @@ def test_regression_scale_multiplies_the_output_and_adds_no_parameters(arch):
         expected, outputs = plain_model(images), scaled_model(images)
     torch.testing.assert_close(outputs["dose"], 70 * expected["dose"])
     torch.testing.assert_close(outputs["organs"], expected["organs"])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_structure_prior_sets_the_starting_probability_of_sigmoid_segmentations(arch):
+    plain = make_config(arch, mix="seg+reg", seed=3)
+    tasks = [t.model_copy(update={"prior": 0.01}) if t.name == "organs" else t for t in plain.tasks]
+    model = build_model(plain.model_copy(update={"tasks": tasks})).eval()
+    with torch.no_grad():
+        outputs = model(torch.randn(2, 3, 64, 64))
+    bias = model.state_dict()["heads.organs.output.bias"]
+    torch.testing.assert_close(bias, torch.full_like(bias, math.log(0.01 / 0.99)))
+    assert 0.002 < torch.sigmoid(outputs["organs"]).mean() < 0.05
+    reference = build_model(plain).state_dict()
+    assert not torch.equal(reference["heads.organs.output.bias"], bias)
+    assert torch.equal(
+        reference["heads.dose.output.bias"], model.state_dict()["heads.dose.output.bias"]
+    )
 
 
 @pytest.mark.parametrize("arch", ARCHS)
