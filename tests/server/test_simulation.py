@@ -19,7 +19,9 @@ from server.simulate import simulate
 pytestmark = pytest.mark.slow
 
 
-def write_config(ham_phantom: Path, tmp: Path, rounds: int, strategy: str = "fedavg") -> Path:
+def write_config(
+    ham_phantom: Path, tmp: Path, rounds: int, strategy: str = "fedavg", **federation: object
+) -> Path:
     raw = derm_config(ham_phantom, tmp).model_dump(mode="json")
     raw["train"]["epochs"] = 1
     raw["federation"] = {
@@ -33,6 +35,7 @@ def write_config(ham_phantom: Path, tmp: Path, rounds: int, strategy: str = "fed
             {"name": name, "tasks": ["lesion"] if name == "rosendahl" else ["lesion", "diagnosis"]}
             for name in ("rosendahl", "vidir_modern", "vidir_molemax")
         ],
+        **federation,
     }
     path = tmp / "federation.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -111,12 +114,21 @@ def test_resumed_run_matches_uninterrupted(two_rounds, ham_phantom: Path, tmp_pa
         np.testing.assert_array_equal(resumed[key], expected[key], err_msg=key)
 
 
-def test_fedadam_runs_and_resumes_with_its_moments(ham_phantom: Path, tmp_path: Path):
-    path = write_config(ham_phantom, tmp_path, rounds=2, strategy="fedadam")
+@pytest.mark.parametrize(
+    ("strategy", "options", "state_prefix"),
+    [
+        ("fedadam", {}, "m_t/"),
+        ("fedavgm", {"server_sgd": {"lr": 1.5, "momentum": 0.9}}, "momentum/"),
+    ],
+)
+def test_server_optimiser_runs_and_resumes_with_its_state(
+    ham_phantom: Path, tmp_path: Path, strategy: str, options: dict, state_prefix: str
+):
+    path = write_config(ham_phantom, tmp_path, rounds=2, strategy=strategy, **options)
     uninterrupted, interrupted = tmp_path / "whole", tmp_path / "parts"
     assert simulate(path, 0, uninterrupted, None, resume=False, keep_home=False) == 0
     state = load_state(uninterrupted / "sim-test" / "server-state.pt")
-    assert any(key.startswith("m_t/") for key in state["strategy"])
+    assert any(key.startswith(state_prefix) for key in state["strategy"])
     assert simulate(path, 1, interrupted, None, resume=False, keep_home=False) == 0
     assert simulate(path, 2, interrupted, None, resume=True, keep_home=False) == 0
     expected, resumed = final_arrays(uninterrupted), final_arrays(interrupted)
