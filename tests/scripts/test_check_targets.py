@@ -50,6 +50,20 @@ def test_incomplete_suite_or_null_value_is_not_measured(tmp_path: Path) -> None:
     assert _by_name(tmp_path)["mtl/derm: CTAN Δm vs STL (%)"].status == "not measured"
 
 
+def test_federated_targets_wait_for_every_seed(tmp_path: Path) -> None:
+    checks = {"fed_over_central": 0.99, "fed_over_alone": 0.9}
+    suites = {
+        "derm": {"complete": True, "seeds": [0, 1, 2], "checks": checks},
+        "openkbp": {"complete": False, "seeds": [0], "checks": checks},
+    }
+    (tmp_path / "bench_federated.json").write_text(json.dumps({"suites": suites}))
+    outcomes = _by_name(tmp_path)
+    assert outcomes["federated/derm: federated / centralised CTAN (worst task)"].status == "pass"
+    assert outcomes["federated/derm: federated CTAN / sites alone (worst task)"].status == "fail"
+    waiting = outcomes["federated/openkbp: federated / centralised CTAN (worst task)"]
+    assert waiting.status == "not measured" and "seeds run: [0]" in waiting.note
+
+
 def test_model_and_data_targets(tmp_path: Path) -> None:
     archs = {"ctan": {"step_ratio_to_hps": 1.2, "images_per_second": 25.0}}
     models = {"results": {"2d": {"archs": archs}, "3d": {"archs": {"ctan": {}}}}}
