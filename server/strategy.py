@@ -437,6 +437,15 @@ class TaskAwareFedProx(_TaskAwareOptions, FedProx, TaskAwareFedAvg):
 MOMENTUM_STATE_PREFIX = "momentum/"
 
 
+def prefixed_copies(state: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    """Copies of the arrays of ``state`` whose keys start with ``prefix``, without it."""
+    return {
+        k.removeprefix(prefix): np.array(v, copy=True)
+        for k, v in state.items()
+        if k.startswith(prefix)
+    }
+
+
 class TaskAwareFedAvgM(_TaskAwareOptions, FedAvgM, TaskAwareFedAvg):
     """FedAvgM (Hsu et al. 2019, arXiv:1909.06335): a server SGD step with momentum on the
     task-aware average. Arguments as :class:`TaskAwareFedAvg` plus FedAvgM's
@@ -462,16 +471,15 @@ class TaskAwareFedAvgM(_TaskAwareOptions, FedAvgM, TaskAwareFedAvg):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """The task-aware average, then ``old + lr * (average - old + momentum * previous)``."""
         averaged, metrics = TaskAwareFedAvg.aggregate_train(self, server_round, replies)
-        if averaged is None or self.current_arrays is None or self.last_round is None:
+        if averaged is None or not self.server_opt or self.current_arrays is None:
             return averaged, metrics
-        if not self.server_opt:
-            return averaged, metrics
+        trained = self.last_round.contributors if self.last_round is not None else {}
         old = {k: v.numpy() for k, v in self.current_arrays.items()}
         momentum = dict(self.momentum_vector or {})
         stepped: dict[str, np.ndarray] = {}
         for key, array in averaged.items():
             start = old[key]
-            if group_of(key) not in self.last_round.contributors:
+            if group_of(key) not in trained:
                 stepped[key] = start
                 continue
             update = array.numpy().astype(np.float64) - start
@@ -494,12 +502,7 @@ class TaskAwareFedAvgM(_TaskAwareOptions, FedAvgM, TaskAwareFedAvg):
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
         """Restore seed and momentum (copies; no momentum keys mean none accumulated yet)."""
         super().load_state_dict(state)
-        momentum = {
-            k.removeprefix(MOMENTUM_STATE_PREFIX): np.array(v, copy=True)
-            for k, v in state.items()
-            if k.startswith(MOMENTUM_STATE_PREFIX)
-        }
-        self.momentum_vector = momentum or None
+        self.momentum_vector = prefixed_copies(state, MOMENTUM_STATE_PREFIX) or None
 
 
 class _GroupedFedOpt:
@@ -559,13 +562,7 @@ class _GroupedFedOpt:
         """Restore seed and moments (copies; missing moments mean a fresh optimiser)."""
         super().load_state_dict(state)  # type: ignore[misc]
         for name in ("m_t", "v_t"):
-            prefix = f"{name}/"
-            moments = {
-                k.removeprefix(prefix): np.array(v, copy=True)
-                for k, v in state.items()
-                if k.startswith(prefix)
-            }
-            setattr(self, name, moments or None)
+            setattr(self, name, prefixed_copies(state, f"{name}/") or None)
 
 
 class TaskAwareFedAdam(_TaskAwareOptions, _GroupedFedOpt, FedAdam, TaskAwareFedAvg):
