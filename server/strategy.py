@@ -471,9 +471,14 @@ class TaskAwareFedAvgM(_TaskAwareOptions, FedAvgM, TaskAwareFedAvg):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """The task-aware average, then ``old + lr * (average - old + momentum * previous)``."""
         averaged, metrics = TaskAwareFedAvg.aggregate_train(self, server_round, replies)
-        if averaged is None or not self.server_opt or self.current_arrays is None:
+        if (
+            averaged is None
+            or not self.server_opt
+            or self.current_arrays is None
+            or self.last_round is None
+        ):
             return averaged, metrics
-        trained = self.last_round.contributors if self.last_round is not None else {}
+        trained = self.last_round.contributors
         old = {k: v.numpy() for k, v in self.current_arrays.items()}
         momentum = dict(self.momentum_vector or {})
         stepped: dict[str, np.ndarray] = {}
@@ -489,8 +494,7 @@ class TaskAwareFedAvgM(_TaskAwareOptions, FedAvgM, TaskAwareFedAvg):
                 momentum[key] = update
             stepped[key] = (start + self.server_learning_rate * update).astype(start.dtype)
         self.momentum_vector = momentum or None
-        self.current_arrays = ArrayRecord({k: Array(v) for k, v in stepped.items()})
-        return self.current_arrays, metrics
+        return ArrayRecord({k: Array(v) for k, v in stepped.items()}), metrics
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Seed plus the server momentum, as flat numpy arrays."""
