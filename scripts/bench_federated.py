@@ -31,7 +31,7 @@ Suites and full-mode sizes (4 hours on 2 CPU cores; estimate in ``docs/benchmark
 * ``derm`` (``configs/federated/derm-natural.yaml``): 600 HAM10000-layout phantoms, 4 natural
   sites, 2D 64x64, widths 16-128, 10 rounds x 1 local epoch.
 * ``openkbp`` (``configs/federated/openkbp-iid.yaml``): the 36 real OpenKBP patients, IID over 3
-  sites, 2D 64x64 slices, 5 rounds x 1 local epoch (slices make it the costliest suite).
+  sites, 2D 64x64 slices, 10 rounds x 1 local epoch (slices make it the costliest suite).
 * ``chest`` (``configs/federated/chest-natural.yaml``): 400 STOIC-layout phantoms, 4 natural
   sites, 3D 32^3, batch 8, 8 rounds x 1 local epoch.
 
@@ -39,10 +39,13 @@ Suites and full-mode sizes (4 hours on 2 CPU cores; estimate in ``docs/benchmark
 OpenKBP patients, runs only CTAN federated (each simulation costs 20-40 s of start-up) and writes
 ``docs/results/bench_federated_quick.json`` and its own section of ``docs/benchmarks.md``.
 
-``--ablation`` reruns the suites with one config change from ``ABLATIONS`` (class-balanced
-classification losses, heads averaged too, a quarter of the batch size, or twice the rounds)
-applied to every variant, and writes ``docs/results/bench_federated_<ablation>.json`` and its own
-section, beside the main results; no overhead runs, and the targets stay those of the main run.
+``--ablation`` reruns the suites with one config change from ``ABLATIONS`` (class-balanced or
+logit-adjusted classification losses, heads averaged too, a quarter of the batch size, or twice
+the rounds) applied to every variant, and writes ``docs/results/bench_federated_<ablation>.json``
+and its own section, beside the main results; no overhead runs, and the targets stay those of the
+main run. A change that touches only the federation (heads averaged) takes the centralised and
+site-alone runs from the main results where those have the suite with the same settings, since
+it would repeat them to the bit.
 
     python scripts/bench_federated.py                 # full run, all suites
     python scripts/bench_federated.py --quick         # smoke check, under 5 minutes
@@ -141,6 +144,10 @@ ABLATIONS: dict[str, str] = {
     "double-rounds": "twice the rounds (and so twice the epochs of the centralised and site-alone "
     "runs): how the gap changes with the training budget",
 }
+#: ablations that change only the federation: the centralised and site-alone variants never read
+#: it, so their runs are taken from the main report when its suite has the same settings
+FEDERATION_ONLY_ABLATIONS = frozenset({"federated-heads"})
+UNFEDERATED_VARIANTS = ("centralised-ctan", "alone-ctan")
 #: the dedicated overhead run (full mode): enough local epochs for >= 30 s of training per round
 OVERHEAD_RUN = {"suite": "derm", "rounds": 2, "local_epochs": 5}
 #: the deployed overhead run: that setting on two sites, each with its own phantom data
@@ -398,6 +405,7 @@ def render_section(report: Mapping[str, Any]) -> str:
             "",
             render_table(suite),
             "",
+            *_reused_text(suite),
             f"Federated / centralised CTAN (primary metrics, worst task): "
             f"{ratio_text(checks.get('fed_over_central'))} (target ≥ {RATIO_TO_CENTRAL_MIN}); "
             f"federated CTAN / sites alone: {ratio_text(checks.get('fed_over_alone'))} "
@@ -407,6 +415,20 @@ def render_section(report: Mapping[str, Any]) -> str:
     if not report.get("ablation"):
         lines += render_measurements(report)
     return "\n".join(lines)
+
+
+def _reused_text(suite: Mapping[str, Any]) -> list[str]:
+    """A line naming the rows taken from the main report, if any (see :func:`reusable_runs`)."""
+    reused = {r["variant"]: r["reused_from"] for r in suite.get("runs", []) if r.get("reused_from")}
+    if not reused:
+        return []
+    rows = ", ".join(f"`{v}`" for v in sorted(reused))
+    files = ", ".join(f"`{f}`" for f in sorted(set(reused.values())))
+    return [
+        f"Rows {rows}: the runs of {files}, which has this suite with the same settings "
+        "(they do not use the federation, which is all this change touches).",
+        "",
+    ]
 
 
 def ratio_text(value: float | None) -> str:
@@ -811,6 +833,21 @@ def merge_earlier_seeds(stored: Mapping[str, Any] | None, fresh: dict[str, Any])
     return fresh
 
 
+def reusable_runs(
+    main: Mapping[str, Any] | None, record: Mapping[str, Any]
+) -> dict[tuple[str, int], dict[str, Any]]:
+    """The main report's centralised and site-alone runs by ``(variant, seed)``, where its
+    suite was run with every setting of ``record``: an ablation that changes only the
+    federation would repeat them to the bit."""
+    if not main or any(main.get(k) != record[k] for k in SETTINGS_KEYS):
+        return {}
+    return {
+        (r["variant"], r["seed"]): r
+        for r in main.get("runs", [])
+        if r["variant"] in UNFEDERATED_VARIANTS
+    }
+
+
 def is_complete(record: Mapping[str, Any], variants: Sequence[str], seeds: Sequence[int]) -> bool:
     """Whether ``record`` holds a run of every variant for every one of ``seeds``."""
     done = {(r["variant"], r["seed"]) for r in record["runs"]}
@@ -841,6 +878,10 @@ class Report:
                 "overhead_min_train_seconds": OVERHEAD_MIN_TRAIN_SECONDS,
             },
         }
+        self.main_file = path.with_name(f"{report_tag(quick, None)}.json")
+        self.main_suites: dict[str, Any] = {}
+        if ablation in FEDERATION_ONLY_ABLATIONS and self.main_file.is_file():
+            self.main_suites = json.loads(self.main_file.read_text()).get("suites", {})
         self.federated_runs: dict[str, dict[str, Any]] = {
             run["name"]: run for run in self.data.get("federated_runs", [])
         }
@@ -899,12 +940,39 @@ def primary_scores(record: Mapping[str, Any], metrics: Mapping[str, Mapping[str,
     )
 
 
+def run_variant(
+    variant: str,
+    suite_seed: tuple[str, int],
+    config: Any,
+    splits: Mapping[str, Any],
+    folder: Path,
+    report: Report,
+) -> dict[str, Any]:
+    """Train and score one variant of one suite and seed; its per-site test metrics.
+
+    A federated run's round overheads and head check go into ``report``; the main report's
+    first federated CTAN run of a suite also measures the reply bytes.
+    """
+    name, seed = suite_seed
+    if variant == "centralised-ctan":
+        return run_centralised(config, splits, folder)
+    if variant == "alone-ctan":
+        return run_alone(config, splits, folder)
+    arch = variant.removeprefix("federated-")
+    result = run_federated(with_arch(config, arch), splits, folder)
+    report.add_federated(f"{name}/seed{seed}/{arch}", result, concurrency(len(splits)))
+    if arch == "ctan" and report.ablation is None and name not in report.data["bytes"]:
+        report.data["bytes"][name] = measure_bytes(result["config"], config, result["output"])
+    return result["sites"]
+
+
 def run_suite(name: str, seeds: Sequence[int], quick: bool, work: Path, report: Report) -> None:
     """Every variant of one suite for every seed; the report is rewritten after each run."""
     suite = SUITES[name]
     archs = ("ctan",) if quick else FEDERATED_ARCHS
     variants = ("centralised-ctan", "alone-ctan", *(f"federated-{a}" for a in archs))
     record: dict[str, Any] = {}
+    reusable: dict[tuple[str, int], dict[str, Any]] = {}
     for seed in seeds:
         base = work / name / f"seed{seed}"
         config = bench_config(suite, quick, seed, work, report.ablation)
@@ -917,35 +985,31 @@ def run_suite(name: str, seeds: Sequence[int], quick: bool, work: Path, report: 
                 print(f"{name}: keeping the stored runs of seeds {kept}", flush=True)
             start = time.perf_counter() - record["wall_seconds"]
             report.data["suites"][name] = record
+            reusable = reusable_runs(report.main_suites.get(name), record)
         for variant in variants:
-            began = time.perf_counter()
-            if variant == "centralised-ctan":
-                per_site = run_centralised(config, splits, base / variant)
-            elif variant == "alone-ctan":
-                per_site = run_alone(config, splits, base / variant)
+            reused = reusable.get((variant, seed))
+            if reused is not None:
+                run = reused | {"reused_from": report.main_file.name, "wall_seconds": 0.0}
+                took = f"from {report.main_file.name}"
             else:
-                arch = variant.removeprefix("federated-")
-                result = run_federated(with_arch(config, arch), splits, base / variant)
-                per_site = result["sites"]
-                report.add_federated(f"{name}/seed{seed}/{arch}", result, concurrency(len(splits)))
-                if arch == "ctan" and report.ablation is None and name not in report.data["bytes"]:
-                    report.data["bytes"][name] = measure_bytes(
-                        result["config"], config, result["output"]
-                    )
-            run = {
-                "variant": variant,
-                "seed": seed,
-                "metrics": weighted_site_mean(per_site),
-                "per_site": per_site,
-                "wall_seconds": time.perf_counter() - began,
-            }
+                began = time.perf_counter()
+                per_site = run_variant(
+                    variant, (name, seed), config, splits, base / variant, report
+                )
+                run = {
+                    "variant": variant,
+                    "seed": seed,
+                    "metrics": weighted_site_mean(per_site),
+                    "per_site": per_site,
+                    "wall_seconds": time.perf_counter() - began,
+                }
+                took = f"{run['wall_seconds']:.0f}s"
             record["runs"].append(run)
             record["summary"] = summarise(record["runs"], record["tasks"])
             record["wall_seconds"] = time.perf_counter() - start
             report.write()
             print(
-                f"{name} seed {seed} {variant:16} {primary_scores(record, run['metrics'])} "
-                f"{run['wall_seconds']:.0f}s",
+                f"{name} seed {seed} {variant:16} {primary_scores(record, run['metrics'])} {took}",
                 flush=True,
             )
     wanted = QUICK_SEEDS if quick else FULL_SEEDS

@@ -317,3 +317,25 @@ def test_a_suite_is_complete_with_every_variant_of_every_seed():
     assert bench.is_complete(record, variants, [0, 1])
     assert not bench.is_complete(record, variants, [0, 1, 2])
     assert not bench.is_complete(record, (*variants, "federated-ctan"), [0, 1])
+
+
+def test_an_ablation_of_the_federation_only_reuses_the_unfederated_runs(tmp_path):
+    main = _suite([0, 1])
+    main["runs"].append({"variant": "federated-ctan", "seed": 0, "wall_seconds": 10.0})
+    reused = bench.reusable_runs(main, _suite([0, 1, 2]) | {"runs": []})
+    assert sorted(reused) == [(v, s) for v in ("alone-ctan", "centralised-ctan") for s in (0, 1)]
+    assert bench.reusable_runs(main, _suite([0], batch=8)) == {}
+    assert bench.reusable_runs(None, _suite([0])) == {}
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "bench_federated.json").write_text(json.dumps({"suites": {"derm": main}}))
+    docs = tmp_path / "benchmarks.md"
+    heads = bench.Report(results / "h.json", docs, quick=False, ablation="federated-heads")
+    assert heads.main_suites == {"derm": main}
+    balanced = bench.Report(results / "b.json", docs, quick=False, ablation="balanced")
+    assert balanced.main_suites == {}
+    suite = _suite([0]) | {
+        "runs": [{"variant": "alone-ctan", "reused_from": "bench_federated.json"}]
+    }
+    assert "`alone-ctan`: the runs of `bench_federated.json`" in bench._reused_text(suite)[0]
+    assert bench._reused_text(_suite([0])) == []
