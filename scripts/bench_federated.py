@@ -43,9 +43,12 @@ OpenKBP patients, runs only CTAN federated (each simulation costs 20-40 s of sta
 logit-adjusted classification losses, heads averaged too, a quarter of the batch size, or twice
 the rounds) applied to every variant, and writes ``docs/results/bench_federated_<ablation>.json``
 and its own section, beside the main results; no overhead runs, and the targets stay those of the
-main run. A change that touches only the federation (heads averaged) takes the centralised and
-site-alone runs from the main results where those have the suite with the same settings, since
-it would repeat them to the bit.
+main run. Runs are not trained twice: every suite record carries digests of its training and
+federation settings, and a run of another results file whose suite has the same digests (the
+training digest alone for the centralised and site-alone runs, which never read the federation)
+is taken over, marked with the file it came from. So heads averaged takes the centralised and
+site-alone rows from the main results, and the main results take every row of an ablation whose
+change was later shipped in the suite's config.
 
     python scripts/bench_federated.py                 # full run, all suites
     python scripts/bench_federated.py --quick         # smoke check, under 5 minutes
@@ -59,6 +62,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import hashlib
 import json
 import logging
 import math
@@ -144,9 +148,6 @@ ABLATIONS: dict[str, str] = {
     "double-rounds": "twice the rounds (and so twice the epochs of the centralised and site-alone "
     "runs): how the gap changes with the training budget",
 }
-#: ablations that change only the federation: the centralised and site-alone variants never read
-#: it, so their runs are taken from the main report when its suite has the same settings
-FEDERATION_ONLY_ABLATIONS = frozenset({"federated-heads"})
 UNFEDERATED_VARIANTS = ("centralised-ctan", "alone-ctan")
 #: the dedicated overhead run (full mode): enough local epochs for >= 30 s of training per round
 OVERHEAD_RUN = {"suite": "derm", "rounds": 2, "local_epochs": 5}
@@ -418,15 +419,17 @@ def render_section(report: Mapping[str, Any]) -> str:
 
 
 def _reused_text(suite: Mapping[str, Any]) -> list[str]:
-    """A line naming the rows taken from the main report, if any (see :func:`reusable_runs`)."""
+    """A line naming the rows taken from other results files, if any (see
+    :func:`reusable_runs`)."""
     reused = {r["variant"]: r["reused_from"] for r in suite.get("runs", []) if r.get("reused_from")}
     if not reused:
         return []
     rows = ", ".join(f"`{v}`" for v in sorted(reused))
     files = ", ".join(f"`{f}`" for f in sorted(set(reused.values())))
     return [
-        f"Rows {rows}: the runs of {files}, which has this suite with the same settings "
-        "(they do not use the federation, which is all this change touches).",
+        f"Rows {rows}: runs of {files}, measured there with the same settings for these rows "
+        "(the training digest; for federated rows the federation digest too), so not trained "
+        "again; the minutes above count them as measured there.",
         "",
     ]
 
@@ -795,6 +798,7 @@ def suite_record(suite: Suite, config: Any, seeds: Sequence[int], splits: Mappin
         "rounds": config.federation.rounds,
         "local_epochs": config.federation.local_epochs,
         "strategy": config.federation.strategy,
+        "digests": config_digests(config),
         "seeds": list(seeds),
         "site_sizes": {
             site: "/".join(str(len(s[p])) for p in ("train", "validation", "test"))
@@ -806,7 +810,23 @@ def suite_record(suite: Suite, config: Any, seeds: Sequence[int], splits: Mappin
     }
 
 
-SETTINGS_KEYS = ("config", "tasks", "sizes", "rounds", "local_epochs", "strategy")
+def config_digests(config: Any) -> dict[str, str]:
+    """SHA-256 digests of what a run's results depend on, apart from the seed: ``training``
+    (every section but the experiment's names and folders, the federation and the data cache)
+    and ``federation``. Paths inside the repository count relative to it, so a second checkout
+    digests alike."""
+    dumped = config.model_dump(mode="json", exclude={"experiment": True})
+    dumped["data"].pop("cache_dir", None)
+    federation = dumped.pop("federation")
+
+    def digest(value: Any) -> str:
+        text = json.dumps(value, sort_keys=True).replace(f"{ROOT}/", "")
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    return {"training": digest(dumped), "federation": digest(federation)}
+
+
+SETTINGS_KEYS = ("config", "tasks", "sizes", "rounds", "local_epochs", "strategy", "digests")
 
 
 def merge_earlier_seeds(stored: Mapping[str, Any] | None, fresh: dict[str, Any]) -> dict[str, Any]:
@@ -834,17 +854,22 @@ def merge_earlier_seeds(stored: Mapping[str, Any] | None, fresh: dict[str, Any])
 
 
 def reusable_runs(
-    main: Mapping[str, Any] | None, record: Mapping[str, Any]
+    source: Mapping[str, Any] | None, record: Mapping[str, Any], file: str
 ) -> dict[tuple[str, int], dict[str, Any]]:
-    """The main report's centralised and site-alone runs by ``(variant, seed)``, where its
-    suite was run with every setting of ``record``: an ablation that changes only the
-    federation would repeat them to the bit."""
-    if not main or any(main.get(k) != record[k] for k in SETTINGS_KEYS):
+    """The runs of ``source`` (a suite of the results file ``file``) that the suite ``record``
+    would repeat, by ``(variant, seed)``: where the settings and the training digest match, the
+    centralised and site-alone runs (they never read the federation), and where the federation
+    digest matches too, the federated runs as well. Each keeps the file it was measured in."""
+    if not source or any(source.get(k) != record[k] for k in SETTINGS_KEYS if k != "digests"):
         return {}
+    digests, wanted = source.get("digests") or {}, record["digests"]
+    if digests.get("training") != wanted["training"]:
+        return {}
+    federated = digests.get("federation") == wanted["federation"]
     return {
-        (r["variant"], r["seed"]): r
-        for r in main.get("runs", [])
-        if r["variant"] in UNFEDERATED_VARIANTS
+        (r["variant"], r["seed"]): r | {"reused_from": r.get("reused_from", file)}
+        for r in source.get("runs", [])
+        if federated or r["variant"] in UNFEDERATED_VARIANTS
     }
 
 
@@ -862,7 +887,7 @@ class Report:
         self.data: dict[str, Any] = {"suites": {}, "bytes": {}}
         if path.is_file():
             with contextlib.suppress(json.JSONDecodeError):
-                self.data = json.loads(path.read_text())
+                self.data |= json.loads(path.read_text())
         self.data |= {
             "benchmark": "federated",
             "quick": quick,
@@ -878,13 +903,24 @@ class Report:
                 "overhead_min_train_seconds": OVERHEAD_MIN_TRAIN_SECONDS,
             },
         }
-        self.main_file = path.with_name(f"{report_tag(quick, None)}.json")
-        self.main_suites: dict[str, Any] = {}
-        if ablation in FEDERATION_ONLY_ABLATIONS and self.main_file.is_file():
-            self.main_suites = json.loads(self.main_file.read_text()).get("suites", {})
+        self.sources = other_reports(path, quick, ablation)
         self.federated_runs: dict[str, dict[str, Any]] = {
             run["name"]: run for run in self.data.get("federated_runs", [])
         }
+
+    def reusable(self, suite: str, record: Mapping[str, Any]) -> dict[tuple[str, int], dict]:
+        """:func:`reusable_runs` of ``suite`` over the other results files, the main one first."""
+        found: dict[tuple[str, int], dict[str, Any]] = {}
+        for file, data in reversed(self.sources.items()):
+            found |= reusable_runs(data.get("suites", {}).get(suite), record, file)
+        return found
+
+    def take_over(self, run: Mapping[str, Any], name: str, sites: int) -> None:
+        """Keep a reused federated run's round overheads and head check from its file."""
+        source = self.sources.get(run["reused_from"], {})
+        measured = {r["name"]: r for r in source.get("federated_runs", [])}.get(name)
+        if measured is not None:
+            self.add_federated(name, measured, concurrency(sites))
 
     def add_federated(self, name: str, result: Mapping[str, Any], concurrency: int) -> None:
         """Keep a federated run's round overheads and head check, with those of earlier
@@ -919,6 +955,17 @@ class Report:
         section = report_tag(self.quick, self.ablation)
         text = self.docs.read_text() if self.docs.is_file() else "# Benchmarks\n"
         write_text(self.docs, replace_section(text, render_section(safe), section))
+
+
+def other_reports(path: Path, quick: bool, ablation: str | None) -> dict[str, dict[str, Any]]:
+    """The results files beside ``path`` of the same mode (the main one first), by file name."""
+    found: dict[str, dict[str, Any]] = {}
+    for other in (None, *ABLATIONS):
+        file = path.with_name(f"{report_tag(quick, other)}.json")
+        if other != ablation and file.is_file():
+            with contextlib.suppress(json.JSONDecodeError):
+                found[file.name] = json.loads(file.read_text())
+    return found
 
 
 def report_tag(quick: bool, ablation: str | None) -> str:
@@ -985,12 +1032,15 @@ def run_suite(name: str, seeds: Sequence[int], quick: bool, work: Path, report: 
                 print(f"{name}: keeping the stored runs of seeds {kept}", flush=True)
             start = time.perf_counter() - record["wall_seconds"]
             report.data["suites"][name] = record
-            reusable = reusable_runs(report.main_suites.get(name), record)
+            reusable = report.reusable(name, record)
         for variant in variants:
             reused = reusable.get((variant, seed))
             if reused is not None:
-                run = reused | {"reused_from": report.main_file.name, "wall_seconds": 0.0}
-                took = f"from {report.main_file.name}"
+                run, took = reused, f"from {reused['reused_from']}"
+                start -= run["wall_seconds"]
+                if variant.startswith("federated-"):
+                    arch = variant.removeprefix("federated-")
+                    report.take_over(run, f"{name}/seed{seed}/{arch}", len(splits))
             else:
                 began = time.perf_counter()
                 per_site = run_variant(

@@ -278,7 +278,7 @@ def test_ablation_report_has_its_own_file_and_section(tmp_path: Path):
     assert json.loads((tmp_path / "v.json").read_text())["ablation"].startswith("class-balanced")
 
 
-def _suite(seeds: list[int], batch: int = 32) -> dict:
+def _suite(seeds: list[int], batch: int = 32, federation: str = "f") -> dict:
     return {
         "config": "configs/federated/x.yaml",
         "tasks": [{"name": "a", "metrics": ["dice"], "higher_is_better": [True]}],
@@ -286,6 +286,7 @@ def _suite(seeds: list[int], batch: int = 32) -> dict:
         "rounds": 2,
         "local_epochs": 1,
         "strategy": "fedavg",
+        "digests": {"training": f"t{batch}", "federation": federation},
         "seeds": seeds,
         "site_sizes": {"s1": f"seed{seeds[0]}"},
         "wall_seconds": 0.0,
@@ -319,23 +320,69 @@ def test_a_suite_is_complete_with_every_variant_of_every_seed():
     assert not bench.is_complete(record, (*variants, "federated-ctan"), [0, 1])
 
 
-def test_an_ablation_of_the_federation_only_reuses_the_unfederated_runs(tmp_path):
+def test_runs_are_reused_where_their_digests_match(tmp_path):
     main = _suite([0, 1])
     main["runs"].append({"variant": "federated-ctan", "seed": 0, "wall_seconds": 10.0})
-    reused = bench.reusable_runs(main, _suite([0, 1, 2]) | {"runs": []})
+    heads = _suite([0, 1, 2], federation="g") | {"runs": []}
+    reused = bench.reusable_runs(main, heads, "bench_federated.json")
     assert sorted(reused) == [(v, s) for v in ("alone-ctan", "centralised-ctan") for s in (0, 1)]
-    assert bench.reusable_runs(main, _suite([0], batch=8)) == {}
-    assert bench.reusable_runs(None, _suite([0])) == {}
+    assert reused[("alone-ctan", 0)]["reused_from"] == "bench_federated.json"
+    same = bench.reusable_runs(main, _suite([0]) | {"runs": []}, "bench_federated.json")
+    assert ("federated-ctan", 0) in same and len(same) == 5
+    assert bench.reusable_runs(main, _suite([0], batch=8), "bench_federated.json") == {}
+    undigested = {k: v for k, v in main.items() if k != "digests"}
+    assert bench.reusable_runs(undigested, _suite([0]), "bench_federated.json") == {}
+    assert bench.reusable_runs(None, _suite([0]), "bench_federated.json") == {}
+    again = main | {"runs": [{"variant": "alone-ctan", "seed": 0, "reused_from": "first.json"}]}
+    assert bench.reusable_runs(again, _suite([0]), "x.json")[("alone-ctan", 0)]["reused_from"] == (
+        "first.json"
+    )
+
+
+def test_a_report_reads_the_other_results_files_of_its_mode(tmp_path):
     results = tmp_path / "results"
     results.mkdir()
+    main = _suite([0, 1])
+    quarter = _suite([0, 1], batch=8)
+    quarter["runs"].append(
+        {"variant": "federated-ctan", "seed": 0, "wall_seconds": 30.0, "metrics": {}}
+    )
+    federated_run = {"name": "derm/seed0/ctan", "rounds": [], "heads": {}}
     (results / "bench_federated.json").write_text(json.dumps({"suites": {"derm": main}}))
+    (results / "bench_federated_quarter-batch.json").write_text(
+        json.dumps({"suites": {"derm": quarter}, "federated_runs": [federated_run]})
+    )
+    (results / "bench_federated_quick.json").write_text(json.dumps({"suites": {"derm": main}}))
     docs = tmp_path / "benchmarks.md"
-    heads = bench.Report(results / "h.json", docs, quick=False, ablation="federated-heads")
-    assert heads.main_suites == {"derm": main}
-    balanced = bench.Report(results / "b.json", docs, quick=False, ablation="balanced")
-    assert balanced.main_suites == {}
+    heads = bench.Report(
+        results / "bench_federated_federated-heads.json",
+        docs,
+        quick=False,
+        ablation="federated-heads",
+    )
+    assert list(heads.sources) == ["bench_federated.json", "bench_federated_quarter-batch.json"]
+    borrowed = heads.reusable("derm", _suite([0], federation="g"))
+    assert sorted(borrowed) == [(v, s) for v in ("alone-ctan", "centralised-ctan") for s in (0, 1)]
+    assert {r["reused_from"] for r in borrowed.values()} == {"bench_federated.json"}
+    shipped = bench.Report(results / "bench_federated.json", docs, quick=False)
+    taken = shipped.reusable("derm", _suite([0], batch=8))
+    assert taken[("federated-ctan", 0)]["reused_from"] == "bench_federated_quarter-batch.json"
+    shipped.take_over(taken[("federated-ctan", 0)], "derm/seed0/ctan", 4)
+    assert shipped.data["federated_runs"] == [federated_run]
     suite = _suite([0]) | {
         "runs": [{"variant": "alone-ctan", "reused_from": "bench_federated.json"}]
     }
-    assert "`alone-ctan`: the runs of `bench_federated.json`" in bench._reused_text(suite)[0]
+    assert "`alone-ctan`: runs of `bench_federated.json`" in bench._reused_text(suite)[0]
     assert bench._reused_text(_suite([0])) == []
+
+
+def test_config_digests_ignore_the_seed_but_not_the_training_or_federation():
+    suite = bench.SUITES["derm"]
+    work = Path("/tmp/unused")
+    first = bench.config_digests(bench.bench_config(suite, False, 0, work))
+    assert first == bench.config_digests(bench.bench_config(suite, False, 1, work))
+    quarter = bench.config_digests(bench.bench_config(suite, False, 0, work, "quarter-batch"))
+    assert quarter["training"] != first["training"]
+    assert quarter["federation"] == first["federation"]
+    heads = bench.config_digests(bench.bench_config(suite, False, 0, work, "federated-heads"))
+    assert heads["training"] == first["training"] and heads["federation"] != first["federation"]
