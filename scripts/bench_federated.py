@@ -31,7 +31,7 @@ Suites and full-mode sizes (4 hours on 2 CPU cores; estimate in ``docs/benchmark
 * ``derm`` (``configs/federated/derm-natural.yaml``): 600 HAM10000-layout phantoms, 4 natural
   sites, 2D 64x64, widths 16-128, 10 rounds x 1 local epoch.
 * ``openkbp`` (``configs/federated/openkbp-iid.yaml``): the 36 real OpenKBP patients, IID over 3
-  sites, 2D 64x64 slices, 10 rounds x 1 local epoch (slices make it the costliest suite).
+  sites, 2D 64x64 slices, batch 8, 10 rounds x 1 local epoch (slices make it the costliest suite).
 * ``chest`` (``configs/federated/chest-natural.yaml``): 640 STOIC-layout phantoms, 4 natural
   sites of 160 (half of each its test split), 3D 32^3, batch 8, 8 rounds x 1 local epoch.
 
