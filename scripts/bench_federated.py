@@ -909,7 +909,8 @@ class Report:
         }
 
     def reusable(self, suite: str, record: Mapping[str, Any]) -> dict[tuple[str, int], dict]:
-        """:func:`reusable_runs` of ``suite`` over the other results files, the main one first."""
+        """:func:`reusable_runs` of ``suite`` over the other results files; where two files
+        hold the same run, the main results' copy wins."""
         found: dict[tuple[str, int], dict[str, Any]] = {}
         for file, data in reversed(self.sources.items()):
             found |= reusable_runs(data.get("suites", {}).get(suite), record, file)
