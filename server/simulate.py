@@ -183,10 +183,14 @@ def write_connection(home: Path, port: int) -> None:
     )
 
 
-def run_status(home: Path, run_id: int) -> dict:
-    """``flwr ls --run-id`` as a dict (status fields as Flower reports them)."""
+def flwr_json(home: Path, *args: str) -> dict:
+    """The JSON that ``flwr <args> --format json`` prints, run against the private home.
+
+    Raises:
+        RuntimeError: the command printed no JSON object (its output is in the message).
+    """
     result = subprocess.run(
-        [_bin("flwr"), "ls", CONNECTION, "--run-id", str(run_id), "--format", "json"],
+        [_bin("flwr"), *args, "--format", "json"],
         env=flower_env(home),
         capture_output=True,
         text=True,
@@ -195,8 +199,17 @@ def run_status(home: Path, run_id: int) -> dict:
     )
     try:
         payload = json.loads(result.stdout)
-    except json.JSONDecodeError as err:
-        raise RuntimeError(f"flwr ls gave no JSON: {result.stdout} {result.stderr}") from err
+    except json.JSONDecodeError:
+        payload = None
+    if not isinstance(payload, dict):
+        output = " ".join(part for part in (result.stdout.strip(), result.stderr.strip()) if part)
+        raise RuntimeError(f"flwr {args[0]} gave no JSON: {output}")
+    return payload
+
+
+def run_status(home: Path, run_id: int) -> dict:
+    """``flwr ls --run-id`` as a dict (status fields as Flower reports them)."""
+    payload = flwr_json(home, "ls", CONNECTION, "--run-id", str(run_id))
     runs = payload.get("runs", [])
     return runs[0] if runs else payload
 
@@ -246,32 +259,21 @@ def simulate(
     )
     superlink = start_superlink(home, port)
     try:
-        submitted = subprocess.run(
-            [
-                _bin("flwr"),
-                "run",
-                str(PROJECT_ROOT),
-                CONNECTION,
-                "--run-config",
-                overrides,
-                "--federation-config",
-                f"num-supernodes={sites} client-resources-num-cpus={cpus} "
-                f"client-resources-num-gpus={gpu_share}",
-                "--format",
-                "json",
-            ],
-            env=flower_env(home),
-            capture_output=True,
-            text=True,
-            check=False,
-            cwd=PROJECT_ROOT,
+        submitted = flwr_json(
+            home,
+            "run",
+            str(PROJECT_ROOT),
+            CONNECTION,
+            "--run-config",
+            overrides,
+            "--federation-config",
+            f"num-supernodes={sites} client-resources-num-cpus={cpus} "
+            f"client-resources-num-gpus={gpu_share}",
         )
         try:
-            run_id = int(json.loads(submitted.stdout)["run-id"])
-        except (json.JSONDecodeError, KeyError, ValueError) as err:
-            raise RuntimeError(
-                f"flwr run failed: {submitted.stdout.strip()} {submitted.stderr.strip()}"
-            ) from err
+            run_id = int(submitted["run-id"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise RuntimeError(f"flwr run submitted no run: {submitted}") from err
         print(f"run {run_id} submitted; streaming its log")
         subprocess.run(
             [_bin("flwr"), "log", str(run_id), CONNECTION, "--stream"],

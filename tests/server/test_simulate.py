@@ -1,10 +1,11 @@
-"""What each simulated site asks Ray for: CPUs and a share of the GPUs."""
+"""What each simulated site asks Ray for (CPUs and a share of the GPUs), and how the Flower CLI's
+answers are read."""
 
 from __future__ import annotations
 
 import pytest
 
-from server.simulate import main, site_resources
+from server.simulate import flwr_json, main, site_resources
 
 
 def test_sites_share_the_gpus_when_the_device_allows_it() -> None:
@@ -39,3 +40,8 @@ def test_cli_names_the_missing_gpu(capsys: pytest.CaptureFixture[str]) -> None:
         pytest.skip("this machine has a GPU")
     assert main(["--gpus-per-site", "0.5"]) == 2
     assert "sees no GPU" in capsys.readouterr().err
+
+
+def test_a_flwr_command_without_json_output_names_the_command_and_its_output(tmp_path) -> None:
+    with pytest.raises(RuntimeError, match=r"(?s)flwr ls gave no JSON: Usage: .*no-such-flag"):
+        flwr_json(tmp_path, "ls", "--no-such-flag")
