@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,21 @@ def mean_sd(values: Sequence[float | None]) -> dict[str, float | int]:
 
 
 def number_text(value: float | None, digits: int = 3) -> str:
-    """``value`` with ``digits`` significant digits, ``n/a`` when it is not a finite number."""
-    return "n/a" if not finite(value) else f"{value:.{digits}g}"
+    """``value`` rounded to ``digits`` significant digits with its trailing zeros kept, so that
+    a table shows the precision it has ("5.00 ± 0.23", not "5 ± 0.23").
+
+    Larger numbers print without a decimal point ("406", "12300"), values under 1e-4 in
+    exponent form ("1.20e-05"), 0 as "0"; ``n/a`` when ``value`` is not a finite number.
+    """
+    if not finite(value):
+        return "n/a"
+    if value == 0:
+        return "0"
+    rounded = float(f"{value:.{digits - 1}e}")
+    magnitude = math.floor(math.log10(abs(rounded)))
+    if magnitude < -4:
+        return f"{rounded:.{digits - 1}e}"
+    return f"{rounded:.{max(0, digits - 1 - magnitude)}f}"
 
 
 def json_safe(value: Any) -> Any:
@@ -62,6 +76,38 @@ def replace_section(text: str, body: str, name: str) -> str:
     if has_start or has_end:
         raise ValueError(f"markers {start} and {end} must both appear, start first")
     return (text.rstrip() + "\n\n" if text.strip() else "") + block + "\n"
+
+
+def render_stored(
+    results: Path, docs: Path, benchmark: str, render: Callable[[Mapping[str, Any], str], str]
+) -> list[str]:
+    """Rewrite the docs section of every stored results file of ``benchmark`` from its JSON,
+    training nothing (after a change to how results are written, or an edit of ``docs``).
+
+    A file ``<benchmark>.json`` or ``<benchmark>_<tag>.json`` in ``results`` fills the section
+    named by its stem; ``render(report, stem)`` gives the section's markdown. The docs file is
+    written once, after every report has been read and rendered.
+
+    Returns:
+        The section names written, in file-name order.
+
+    Raises:
+        ValueError: a results file is not valid JSON (named in the message), or
+            :func:`replace_section`'s marker errors.
+    """
+    text = docs.read_text() if docs.is_file() else "# Benchmarks\n"
+    written = []
+    for path in sorted(results.glob(f"{benchmark}*.json")):
+        if path.stem != benchmark and not path.stem.startswith(f"{benchmark}_"):
+            continue
+        try:
+            report = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON: {err}") from err
+        text = replace_section(text, render(report, path.stem), path.stem)
+        written.append(path.stem)
+    write_text(docs, text)
+    return written
 
 
 def with_logit_adjustment(tasks: Sequence[Any], tau: float = 1.0) -> list[Any]:

@@ -84,6 +84,7 @@ from bench_common import (
     json_safe,
     mean_sd,
     number_text,
+    render_stored,
     replace_section,
     with_balanced_classes,
     with_logit_adjustment,
@@ -1151,9 +1152,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="JSON file (default docs/results/...)")
     parser.add_argument("--docs", type=Path, default=DOCS, help="markdown file to update")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench", help="run folders")
+    parser.add_argument(
+        "--render",
+        action="store_true",
+        help="train nothing: rewrite the docs section of every stored results file "
+        "(docs/results/bench_federated*.json) from its JSON",
+    )
     args = parser.parse_args(argv)
     if args.ablation and args.only_overhead:
         parser.error("--ablation compares models only; it takes no overhead runs")
+    if args.render:
+        written = render_stored(
+            RESULTS, args.docs, "bench_federated", lambda r, _: render_section(r)
+        )
+        print(f"rewrote the sections {', '.join(written)} of {args.docs}")
+        return 0
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     tag = report_tag(args.quick, args.ablation)
     report = Report(args.out or RESULTS / f"{tag}.json", args.docs, args.quick, args.ablation)

@@ -56,6 +56,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,7 @@ from bench_common import (
     json_safe,
     mean_sd,
     number_text,
+    render_stored,
     replace_section,
     with_balanced_classes,
     write_text,
@@ -429,6 +431,12 @@ def load_report(path: Path) -> dict[str, Any]:
     return {"suites": {}}
 
 
+def stored_section(docs: Path, report: Mapping[str, Any], tag: str) -> str:
+    """:func:`render_section` of a stored report, with its plot where one lies beside ``docs``."""
+    plot = docs.parent / f"{tag}.png"
+    return render_section(report, plot.name if plot.is_file() else None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for smoke checks")
@@ -443,7 +451,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         choices=list(VARIANTS),
         help="ablation: one change to every config, written beside the main results",
     )
+    parser.add_argument(
+        "--render",
+        action="store_true",
+        help="train nothing: rewrite the docs section of every stored results file "
+        "(docs/results/bench_mtl*.json) from its JSON",
+    )
     args = parser.parse_args(argv)
+    if args.render:
+        written = render_stored(RESULTS, args.docs, "bench_mtl", partial(stored_section, args.docs))
+        print(f"rewrote the sections {', '.join(written)} of {args.docs}")
+        return 0
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     tag = "bench_mtl_quick" if args.quick else "bench_mtl"

@@ -158,7 +158,7 @@ def test_table_has_a_row_per_variant_with_direction_arrows():
     table = bench.render_table(_report()["suites"]["openkbp"])
     lines = table.splitlines()
     assert lines[0] == "| variant | dose dose_score ↓ | dose dvh_score ↓ | organs dice ↑ |"
-    assert lines[2].startswith("| centralised-ctan | 2 | 4 | 0.8 |")
+    assert lines[2].startswith("| centralised-ctan | 2.00 | 4.00 | 0.800 |")
     assert len(lines) == 4
 
 
@@ -170,7 +170,7 @@ def test_section_names_ratios_bytes_heads_and_overhead():
     assert "Per task, the same two ratios: dose (dose_score) " in section
     assert "worst excess 4.00%" in section
     assert "head groups sent: none over 3 site logs" in section
-    assert "= n/a over 0 rounds" in section and "0.7 over all rounds" in section
+    assert "= n/a over 0 rounds" in section and "0.700 over all rounds" in section
     assert "deployed over TLS: not measured" in section
 
 
@@ -386,3 +386,20 @@ def test_config_digests_ignore_the_seed_but_not_the_training_or_federation():
     assert quarter["federation"] == first["federation"]
     heads = bench.config_digests(bench.bench_config(suite, False, 0, work, "federated-heads"))
     assert heads["training"] == first["training"] and heads["federation"] != first["federation"]
+
+
+def test_render_rewrites_the_sections_of_stored_results(tmp_path: Path, monkeypatch):
+    results = tmp_path / "results"
+    results.mkdir()
+    main = _report() | {"quick": False, "file": "bench_federated.json"}
+    ablation = main | {"file": "bench_federated_balanced.json", "ablation": "class-balanced"}
+    for report in (main, ablation):
+        (results / report["file"]).write_text(json.dumps(report))
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text("# B\n<!-- bench_federated:start -->\nold\n<!-- bench_federated:end -->\nend\n")
+    monkeypatch.setattr(bench, "RESULTS", results)
+    assert bench.main(["--render", "--docs", str(docs)]) == 0
+    text = docs.read_text()
+    assert text.startswith("# B\n<!-- bench_federated:start -->\nMode: full.") and "old" not in text
+    assert "\nend\n" in text and text.count("| centralised-ctan | 2.00 | 4.00 | 0.800 |") == 2
+    assert "<!-- bench_federated_balanced:start -->\nMode: full. Change: class-balanced" in text

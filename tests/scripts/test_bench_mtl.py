@@ -78,7 +78,7 @@ def test_render_table_after_json_round_trip() -> None:
     table = bench.render_table(summary, tasks).splitlines()
     assert table[0].startswith("| arch | dose mae ↓ | organs dice ↑ | Δm vs STL")
     assert len(table) == 2 + 3
-    assert table[2].startswith("| STL | 1.95 ± 0.071 | 0.5 ± 0 |")
+    assert table[2].startswith("| STL | 1.95 ± 0.071 | 0.500 ± 0 |")
     assert "0 (reference)" in table[2]
     assert "+0.00 ± 0.00 (n=2)" in table[4]
 
@@ -95,7 +95,63 @@ def test_render_table_marks_missing_values() -> None:
         }
     }
     tasks = [{"name": t.name, "metrics": t.metrics} for t in TASKS]
-    assert bench.render_table(summary, tasks).splitlines()[2] == "| CTAN | n/a | 0.5 | n/a | n/a |"
+    assert (
+        bench.render_table(summary, tasks).splitlines()[2] == "| CTAN | n/a | 0.500 | n/a | n/a |"
+    )
+
+
+def test_number_text_keeps_the_precision_it_shows() -> None:
+    cases = {5.0: "5.00", 0.23: "0.230", 0.0094: "0.00940", 406.0: "406", 9.996: "10.0"}
+    assert {v: bench.number_text(v) for v in cases} == cases
+    assert bench.number_text(0.99951, 2) == "1.0"
+    assert bench.number_text(12345.6) == "12300"
+    assert bench.number_text(-0.1778, 4) == "-0.1778"
+    assert bench.number_text(1.2e-6) == "1.20e-06"
+    assert bench.number_text(0.0) == "0"
+    assert bench.number_text(None) == bench.number_text(math.nan) == "n/a"
+
+
+def test_render_rewrites_every_stored_section_from_its_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs = [_run(a, s, 2.0 - 0.1 * s, 0.5) for s in (0, 1) for a in ("stl", "hps", "ctan")]
+    summary = bench.json_safe(bench.summarise(runs, TASKS))
+    suite = {
+        "config": "configs/toy.yaml",
+        "sizes": {"spatial_dims": 2, "image_size": [8, 8], "widths": [4], "batch_size": 2},
+        "epochs": 1,
+        "seeds": [0, 1],
+        "resplit": False,
+        "runs": runs,
+        "wall_seconds": 60.0,
+        "tasks": [{"name": t.name, "metrics": t.metrics} for t in TASKS],
+        "summary": summary,
+    }
+    report = {
+        "quick": True,
+        "date": "2026-01-01T00:00:00+00:00",
+        "machine": {"device": "cpu", "device_name": "x", "cpu_count": 2, "torch": "2"},
+        "file": "bench_mtl_quick.json",
+        "suites": {"toy": suite},
+    }
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "bench_mtl_quick.json").write_text(json.dumps(report))
+    (results / "bench_mtlx.json").write_text("not this benchmark's file")
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text("intro\n<!-- bench_mtl_quick:start -->\nold\n<!-- bench_mtl_quick:end -->\n")
+    (tmp_path / "bench_mtl_quick.png").write_bytes(b"png")
+    monkeypatch.setattr(bench, "RESULTS", results)
+    assert bench.main(["--render", "--docs", str(docs)]) == 0
+    text = docs.read_text()
+    assert (
+        text.startswith("intro\n<!-- bench_mtl_quick:start -->\nMode: quick") and "old" not in text
+    )
+    assert "| STL | 1.95 ± 0.071 | 0.500 ± 0 |" in text and "(bench_mtl_quick.png)" in text
+    (results / "bench_mtl.json").write_text("{")
+    with pytest.raises(ValueError, match=r"bench_mtl\.json is not valid JSON"):
+        bench.render_stored(results, docs, "bench_mtl", bench.render_section)
+    assert "| STL | 1.95" in docs.read_text()
 
 
 def test_json_safe_replaces_non_finite() -> None:
