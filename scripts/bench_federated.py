@@ -794,7 +794,7 @@ def suite_record(suite: Suite, config: Any, seeds: Sequence[int], splits: Mappin
             "image_size": config.model.image_size,
             "widths": config.model.widths,
             "batch_size": config.train.batch_size,
-            "data_root": str(config.data.root),
+            "data_root": repository_text(str(config.data.root)),
         },
         "rounds": config.federation.rounds,
         "local_epochs": config.federation.local_epochs,
@@ -811,6 +811,12 @@ def suite_record(suite: Suite, config: Any, seeds: Sequence[int], splits: Mappin
     }
 
 
+def repository_text(text: str) -> str:
+    """``text`` with this checkout's root taken off the paths in it, so that records and
+    digests of a second checkout (another clone, a CI runner) compare equal to this one's."""
+    return text.replace(f"{ROOT}/", "")
+
+
 def config_digests(config: Any) -> dict[str, str]:
     """SHA-256 digests of what a run's results depend on, apart from the seed: ``training``
     (every section but the experiment's names and folders, the federation and the data cache)
@@ -821,7 +827,7 @@ def config_digests(config: Any) -> dict[str, str]:
     federation = dumped.pop("federation")
 
     def digest(value: Any) -> str:
-        text = json.dumps(value, sort_keys=True).replace(f"{ROOT}/", "")
+        text = repository_text(json.dumps(value, sort_keys=True))
         return hashlib.sha256(text.encode()).hexdigest()
 
     return {"training": digest(dumped), "federation": digest(federation)}

@@ -403,3 +403,16 @@ def test_render_rewrites_the_sections_of_stored_results(tmp_path: Path, monkeypa
     assert text.startswith("# B\n<!-- bench_federated:start -->\nMode: full.") and "old" not in text
     assert "\nend\n" in text and text.count("| centralised-ctan | 2.00 | 4.00 | 0.800 |") == 2
     assert "<!-- bench_federated_balanced:start -->\nMode: full. Change: class-balanced" in text
+
+
+def test_records_of_a_second_checkout_compare_equal(monkeypatch):
+    suite = bench.SUITES["chest"]
+    config = bench.bench_config(suite, False, 0, Path("/tmp/unused"))
+    here = bench.suite_record(suite, config, [0], {})
+    inside = config.data.root.relative_to(bench.ROOT)
+    elsewhere = Path("/elsewhere/checkout")
+    data = config.data.model_copy(update={"root": elsewhere / inside})
+    monkeypatch.setattr(bench, "ROOT", elsewhere)
+    there = bench.suite_record(suite, config.model_copy(update={"data": data}), [0], {})
+    assert here["sizes"]["data_root"] == str(inside)
+    assert all(here[k] == there[k] for k in bench.SETTINGS_KEYS)
