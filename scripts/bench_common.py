@@ -78,6 +78,15 @@ def replace_section(text: str, body: str, name: str) -> str:
     return (text.rstrip() + "\n\n" if text.strip() else "") + block + "\n"
 
 
+def write_sections(docs: Path, bodies: Mapping[str, str]) -> None:
+    """Replace the named sections of ``docs`` (created with a title when missing) with
+    ``bodies``, by :func:`replace_section`, and write the file once, atomically."""
+    text = docs.read_text() if docs.is_file() else "# Benchmarks\n"
+    for name, body in bodies.items():
+        text = replace_section(text, body, name)
+    write_text(docs, text)
+
+
 def render_stored(
     results: Path, docs: Path, benchmark: str, render: Callable[[Mapping[str, Any], str], str]
 ) -> list[str]:
@@ -95,8 +104,7 @@ def render_stored(
         ValueError: a results file is not valid JSON (named in the message), or
             :func:`replace_section`'s marker errors.
     """
-    text = docs.read_text() if docs.is_file() else "# Benchmarks\n"
-    written = []
+    bodies: dict[str, str] = {}
     for path in sorted(results.glob(f"{benchmark}*.json")):
         if path.stem != benchmark and not path.stem.startswith(f"{benchmark}_"):
             continue
@@ -104,10 +112,9 @@ def render_stored(
             report = json.loads(path.read_text())
         except json.JSONDecodeError as err:
             raise ValueError(f"{path} is not valid JSON: {err}") from err
-        text = replace_section(text, render(report, path.stem), path.stem)
-        written.append(path.stem)
-    write_text(docs, text)
-    return written
+        bodies[path.stem] = render(report, path.stem)
+    write_sections(docs, bodies)
+    return list(bodies)
 
 
 def with_logit_adjustment(tasks: Sequence[Any], tau: float = 1.0) -> list[Any]:

@@ -85,9 +85,9 @@ from bench_common import (
     mean_sd,
     number_text,
     render_stored,
-    replace_section,
     with_balanced_classes,
     with_logit_adjustment,
+    write_sections,
     write_text,
 )
 
@@ -961,8 +961,7 @@ class Report:
         safe = json_safe(self.data)
         write_text(self.path, json.dumps(safe, indent=1) + "\n")
         section = report_tag(self.quick, self.ablation)
-        text = self.docs.read_text() if self.docs.is_file() else "# Benchmarks\n"
-        write_text(self.docs, replace_section(text, render_section(safe), section))
+        write_sections(self.docs, {section: render_section(safe)})
 
 
 def other_reports(path: Path, quick: bool, ablation: str | None) -> dict[str, dict[str, Any]]:

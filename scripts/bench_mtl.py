@@ -70,8 +70,8 @@ from bench_common import (
     mean_sd,
     number_text,
     render_stored,
-    replace_section,
     with_balanced_classes,
+    write_sections,
     write_text,
 )
 
@@ -506,9 +506,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\n{name}\n{render_table(record['summary'], record['tasks'])}\n", flush=True)
         plot = args.docs.parent / f"{tag}.png"
         plot_delta_m(json_safe(report["suites"]), plot, report["targets"]["ctan_delta_m_min"])
-        text = args.docs.read_text() if args.docs.is_file() else "# Benchmarks\n"
-        body = render_section(json_safe(report), plot.name)
-        write_text(args.docs, replace_section(text, body, tag))
+        write_sections(args.docs, {tag: render_section(json_safe(report), plot.name)})
     print(f"wrote {out} and {args.docs}")
     return 0
 
