@@ -6,7 +6,6 @@ import json
 import math
 from pathlib import Path
 
-import bench_common
 import bench_federated as bench
 import pytest
 
@@ -194,20 +193,6 @@ def test_section_reports_the_deployed_overhead():
     section = bench.render_section(report)
     assert "deployed over TLS on 127.0.0.1 (a real SuperLink and 2 SuperNodes" in section
     assert "1.05 over 1 rounds with ≥ 30 s" in section
-
-
-def test_replace_section_keeps_other_sections(tmp_path: Path):
-    path = tmp_path / "benchmarks.md"
-    path.write_text("# Benchmarks\n\n<!-- bench_mtl:start -->\nmtl\n<!-- bench_mtl:end -->\n")
-    text = bench_common.replace_section(path.read_text(), "first", "bench_federated")
-    text = bench_common.replace_section(text, "second", "bench_federated")
-    bench.write_text(path, text)
-    written = path.read_text()
-    assert "<!-- bench_mtl:start -->\nmtl\n<!-- bench_mtl:end -->" in written
-    assert "<!-- bench_federated:start -->\nsecond\n<!-- bench_federated:end -->" in written
-    assert "first" not in written
-    with pytest.raises(ValueError, match="must both appear"):
-        bench_common.replace_section("<!-- bench_federated:start -->", "x", "bench_federated")
 
 
 def test_suites_point_at_federated_configs():

@@ -6,7 +6,6 @@ import json
 import math
 from pathlib import Path
 
-import bench_common
 import bench_mtl as bench
 import pytest
 
@@ -160,28 +159,6 @@ def test_json_safe_replaces_non_finite() -> None:
         "a": [None, 1.0, [None]],
         "2": "x",
     }
-
-
-def test_replace_section_keeps_other_sections(tmp_path: Path) -> None:
-    docs = tmp_path / "benchmarks.md"
-    docs.write_text(
-        "# Benchmarks\n\nintro\n<!-- bench_mtl:start -->\nold\n<!-- bench_mtl:end -->\n"
-        "<!-- other:start -->\nkeep\n<!-- other:end -->\n"
-    )
-    updated = bench_common.replace_section(docs.read_text(), "new table\n", "bench_mtl")
-    assert "old" not in updated and "new table" in updated
-    assert updated.startswith("# Benchmarks\n\nintro\n<!-- bench_mtl:start -->\nnew table\n")
-    assert "<!-- other:start -->\nkeep\n<!-- other:end -->" in updated
-    assert bench_common.replace_section(updated, "new table", "bench_mtl") == updated
-
-
-def test_replace_section_appends_without_markers_and_refuses_half() -> None:
-    appended = bench_common.replace_section("# Benchmarks\n", "body", "bench_mtl_quick")
-    assert appended == (
-        "# Benchmarks\n\n<!-- bench_mtl_quick:start -->\nbody\n<!-- bench_mtl_quick:end -->\n"
-    )
-    with pytest.raises(ValueError, match="must both appear"):
-        bench_common.replace_section("<!-- x:end -->\n<!-- x:start -->", "body", "x")
 
 
 def test_plot_delta_m_writes_png(tmp_path: Path) -> None:
