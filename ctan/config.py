@@ -106,6 +106,10 @@ class ModelConfig(_Section):
         default=1, ge=0, description="first encoder stage with task attention masks"
     )
     head_hidden: int = Field(default=128, ge=1, description="hidden units of image-level heads")
+    image_head_stages: Literal["all", "last"] = Field(
+        default="all",
+        description="encoder stages the image-level heads pool: every stage, or the deepest only",
+    )
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
 
     @field_validator("norm", mode="before")

@@ -132,3 +132,21 @@ def test_models_hold_no_batch_norm():
 def test_unknown_architecture_is_refused_with_choices():
     with pytest.raises(ValueError, match=r"allowed: \['ctan', 'hps', 'mtan', 'stl'\]"):
         build_model(make_config("ctan"), arch="unet")
+
+
+@pytest.mark.parametrize(("stages", "shallow_matters"), [("all", True), ("last", False)])
+def test_image_head_pools_the_stages_it_is_configured_for(stages, shallow_matters):
+    config = make_config("ctan", 2, "seg+cls", image_head_stages=stages)
+    head = build_model(config).heads["diagnosis"].eval()
+    widths = config.model.widths
+    features = [torch.randn(2, w, 64 >> s, 64 >> s) for s, w in enumerate(widths)]
+    changed = [f + 1.0 for f in features[:-1]] + features[-1:]
+    with torch.no_grad():
+        before, after = head(features), head(changed)
+    assert head.mlp[0].in_features == (sum(widths) if stages == "all" else widths[-1])
+    assert (not torch.allclose(before, after)) is shallow_matters
+
+
+def test_unknown_image_head_stages_is_refused_with_choices():
+    with pytest.raises(ValueError, match=r"image_head_stages.*'all'.*'last'"):
+        make_config("ctan", 2, "seg+cls", image_head_stages="first")
