@@ -215,6 +215,25 @@ class DataConfig(_Section):
     phantom: PhantomConfig | None = None
 
 
+class AugmentationConfig(_Section):
+    """Random training augmentation (MONAI transforms, drawn per sample)."""
+
+    flip_axes: list[int] | None = Field(
+        default=None,
+        description="spatial axes mirrored with probability 0.5 each, 0 being the first "
+        "spatial axis; default every axis, [] none",
+    )
+    affine: bool = Field(default=True, description="rotation up to 0.2 rad and scaling by 10 %")
+    intensity: bool = Field(default=True, description="intensity scale and shift jitter of 10 %")
+
+    @field_validator("flip_axes")
+    @classmethod
+    def _distinct_axes(cls, axes: list[int] | None) -> list[int] | None:
+        if axes is not None and (len(set(axes)) != len(axes) or any(a < 0 for a in axes)):
+            raise ValueError(f"flip_axes {axes} must be distinct spatial axes counted from 0")
+        return axes
+
+
 class TrainConfig(_Section):
     """Optimisation settings shared by centralised and federated (local) training."""
 
@@ -227,6 +246,7 @@ class TrainConfig(_Section):
     device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto"
     amp: bool = Field(default=True, description="mixed precision where the device supports it")
     num_workers: int = Field(default=0, ge=0)
+    augmentation: AugmentationConfig = Field(default_factory=AugmentationConfig)
 
 
 class PrivacyConfig(_Section):
@@ -343,6 +363,13 @@ class Config(_Section):
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
             raise ValueError(f"tasks {twice} are listed more than once; task names must be unique")
+        axes = self.train.augmentation.flip_axes or []
+        beyond = [a for a in axes if a >= self.model.spatial_dims]
+        if beyond:
+            raise ValueError(
+                f"train.augmentation.flip_axes {beyond} do not exist for spatial_dims "
+                f"{self.model.spatial_dims}; allowed: {list(range(self.model.spatial_dims))}"
+            )
         if self.federation is not None:
             for site in self.federation.sites:
                 unknown = [t for t in site.tasks if t not in names]

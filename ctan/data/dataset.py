@@ -232,6 +232,9 @@ class CaseDataset(Dataset):
                 [t.label for t in pixel if t.kind == "segmentation"] + rois,
                 config.model.spatial_dims,
                 seed=config.experiment.seed,
+                flip_axes=config.train.augmentation.flip_axes,
+                affine=config.train.augmentation.affine,
+                intensity=config.train.augmentation.intensity,
             )
             if train
             else None

@@ -9,6 +9,7 @@ every training sample and is applied identically to the image, the pixel labels 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,6 +58,9 @@ def augmentation(
     mask_keys: Sequence[str],
     spatial_dims: int,
     seed: int,
+    flip_axes: Sequence[int] | None = None,
+    affine: bool = True,
+    intensity: bool = True,
 ) -> Compose:
     """Random training augmentation on a sample dictionary of channel-first tensors.
 
@@ -64,32 +68,38 @@ def augmentation(
         image_key: the image, ``(C, *spatial)``; gets geometric and intensity changes.
         interpolated_keys: maps resampled smoothly with the image (regression targets).
         mask_keys: binary maps resampled by nearest neighbour (segmentations, ROIs).
-        spatial_dims: 2 or 3; flips are drawn independently along every spatial axis.
+        spatial_dims: 2 or 3.
         seed: seeds this transform's own random state (no global randomness).
+        flip_axes: spatial axes mirrored independently with p=0.5 each (0 = first spatial
+            axis); ``None`` mirrors along every axis. Chest CT has a front and a back, a top and
+            a bottom: mirroring those axes makes images no scanner produces.
+        affine: a small affine (rotation up to 0.2 rad, scaling ±10 %, p=0.5).
+        intensity: intensity scale/shift jitter (±10 %, p=0.5 each).
 
     Returns:
-        A MONAI ``Compose``: flips (p=0.5 per axis), a small affine (rotation up to 0.2 rad,
-        scaling ±10 %, p=0.5) and intensity scale/shift jitter (±10 %, p=0.5).
+        A MONAI ``Compose`` of the chosen transforms, in that order.
     """
     smooth = [image_key, *interpolated_keys]
     keys = [*smooth, *mask_keys]
     modes = ["bilinear"] * len(smooth) + ["nearest"] * len(mask_keys)
-    rotate = (0.2,) if spatial_dims == 2 else (0.2, 0.2, 0.2)
-    flips = [RandFlipd(keys=keys, prob=0.5, spatial_axis=axis) for axis in range(spatial_dims)]
-    compose = Compose(
-        [
-            *flips,
+    axes = range(spatial_dims) if flip_axes is None else flip_axes
+    transforms: list[Any] = [RandFlipd(keys=keys, prob=0.5, spatial_axis=axis) for axis in axes]
+    if affine:
+        transforms.append(
             RandAffined(
                 keys=keys,
                 prob=0.5,
-                rotate_range=rotate,
+                rotate_range=(0.2,) if spatial_dims == 2 else (0.2, 0.2, 0.2),
                 scale_range=(0.1,) * spatial_dims,
                 mode=modes,
                 padding_mode="zeros",
-            ),
+            )
+        )
+    if intensity:
+        transforms += [
             RandScaleIntensityd(keys=image_key, factors=0.1, prob=0.5),
             RandShiftIntensityd(keys=image_key, offsets=0.1, prob=0.5),
         ]
-    )
+    compose = Compose(transforms)
     compose.set_random_state(seed=seed)
     return compose

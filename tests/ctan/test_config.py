@@ -191,3 +191,19 @@ def test_fingerprint_changes_with_shapes_only():
     assert config.model.fingerprint(config.tasks) == same.model.fingerprint(same.tasks)
     changed = load_config(raw)
     assert config.model.fingerprint(config.tasks) != changed.model.fingerprint(changed.tasks)
+
+
+def test_augmentation_axes_must_exist_and_be_distinct():
+    raw = _base()
+    raw["train"] = {"augmentation": {"flip_axes": [1, 2]}}
+    assert "train.augmentation.flip_axes [2] do not exist" in _error(raw)
+    assert "allowed: [0, 1]" in _error(raw)
+    raw["train"] = {"augmentation": {"flip_axes": [1, 1]}}
+    assert "must be distinct" in _error(raw)
+    raw["train"] = {"augmentation": {"flip_axes": [1], "affine": False}}
+    augmentation = load_config(raw).train.augmentation
+    assert (augmentation.flip_axes, augmentation.affine, augmentation.intensity) == (
+        [1],
+        False,
+        True,
+    )
