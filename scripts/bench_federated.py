@@ -132,7 +132,7 @@ SUITES: dict[str, Suite] = {
     "openkbp": Suite("configs/federated/openkbp-iid.yaml", 10, QUICK_2D, 1, 12),
     "chest": Suite(
         "configs/federated/chest-natural.yaml",
-        8,
+        16,
         {"image_size": [16, 16, 16], "widths": [8, 16, 32]},
     ),
 }
