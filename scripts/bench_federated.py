@@ -33,7 +33,8 @@ Suites and full-mode sizes (4 hours on 2 CPU cores; estimate in ``docs/benchmark
 * ``openkbp`` (``configs/federated/openkbp-iid.yaml``): the 36 real OpenKBP patients, IID over 3
   sites, 2D 64x64 slices, batch 8, 10 rounds x 1 local epoch (slices make it the costliest suite).
 * ``chest`` (``configs/federated/chest-natural.yaml``): 640 STOIC-layout phantoms, 4 natural
-  sites of 160 (half of each its test split), 3D 32^3, batch 8, 8 rounds x 1 local epoch.
+  sites of 160 (half of each its test split), 3D 32^3, batch 8, Adam 3e-4, image heads on the
+  deepest stage, intensity jitter only, 16 rounds x 1 local epoch.
 
 ``--quick`` shrinks models (32x32 or 16^3, widths 8-32), trains 1 round on one seed, keeps 12
 OpenKBP patients, runs only CTAN federated (each simulation costs 20-40 s of start-up) and writes
