@@ -221,7 +221,9 @@ class AugmentationConfig(_Section):
     flip_axes: list[int] | None = Field(
         default=None,
         description="spatial axes mirrored with probability 0.5 each, 0 being the first "
-        "spatial axis; default every axis, [] none",
+        "spatial axis; default every axis, [] none. Where the data format knows the patient's "
+        "left-right axis, mirroring it also exchanges lateralised label channels (OpenKBP: left "
+        "and right parotid)",
     )
     affine: bool = Field(default=True, description="rotation up to 0.2 rad and scaling by 10 %")
     intensity: bool = Field(default=True, description="intensity scale and shift jitter of 10 %")

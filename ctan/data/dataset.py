@@ -225,6 +225,11 @@ class CaseDataset(Dataset):
         self.cache = CaseCache(directory, self.reader.settings(), enabled=cache)
         pixel = [t for t in config.tasks if t.is_pixel_task]
         rois = sorted({labels[t.label].roi for t in pixel if labels[t.label].roi})
+        swaps = {
+            key: labels[t.label].mirror_pairs
+            for t in pixel
+            for key in (t.label, _availability_key(t.label))
+        }
         self._augment = (
             augmentation(
                 "image",
@@ -235,6 +240,8 @@ class CaseDataset(Dataset):
                 flip_axes=config.train.augmentation.flip_axes,
                 affine=config.train.augmentation.affine,
                 intensity=config.train.augmentation.intensity,
+                left_right_axis=self.reader.left_right_axis,
+                left_right_swaps=swaps,
             )
             if train
             else None
@@ -264,7 +271,7 @@ class CaseDataset(Dataset):
                 avail = case.available.get(key, (False,) * task.classes)
                 if isinstance(avail, bool):
                     avail = (avail,) * task.classes
-                masks[key] = torch.tensor(avail, dtype=torch.float32)
+                masks[key] = tensors[_availability_key(key)] = torch.tensor(avail).float()
                 roi_key = labels[key].roi
                 if roi_key:
                     tensors[roi_key] = torch.from_numpy(np.asarray(arrays[roi_key], np.float32))
@@ -282,6 +289,7 @@ class CaseDataset(Dataset):
             }
         for task in self.config.tasks:
             if task.is_pixel_task:
+                masks[task.label] = tensors.pop(_availability_key(task.label)).float()
                 targets[task.label] = tensors[task.label].float().contiguous()
                 roi_key = labels[task.label].roi
                 if roi_key:
@@ -301,6 +309,12 @@ class CaseDataset(Dataset):
         if roi:
             sample["roi"] = roi
         return sample
+
+
+def _availability_key(label: str) -> str:
+    """Where a pixel label's per-channel availability ``(C,)`` travels through augmentation, so
+    a left-right mirror exchanges it together with the label's channels."""
+    return f"{label}/available"
 
 
 def _image_target(classes: int, exclusive: bool, value: Any) -> torch.Tensor:

@@ -46,12 +46,15 @@ class LabelInfo:
         channels: channels of a pixel label, or classes of an image-level label.
         names: channel or class names in order.
         roi: for pixel labels, the key of the preprocessed array that says where it is scored.
+        mirror_pairs: for pixel labels, channel pairs of lateralised structures (left and
+            right of one organ) that trade places when the image is mirrored left-right.
     """
 
     level: Literal["pixel", "image"]
     channels: int
     names: tuple[str, ...] = ()
     roi: str | None = None
+    mirror_pairs: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,9 @@ class FormatReader(ABC):
 
     #: bump when :meth:`preprocess` output changes, so cached arrays are rebuilt
     version: str = "1"
+    #: the spatial axis of the preprocessed arrays that runs between the patient's right and
+    #: left, where the format fixes one; mirroring it exchanges :attr:`LabelInfo.mirror_pairs`
+    left_right_axis: int | None = None
 
     def __init__(self, config: Config) -> None:
         if config.data is None:

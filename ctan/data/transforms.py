@@ -3,12 +3,14 @@ training augmentation.
 
 Preprocessing (resize, scale) is deterministic and its output is cached; augmentation runs on
 every training sample and is applied identically to the image, the pixel labels and the ROI
-(geometric transforms) while intensity jitter touches the image only.
+(geometric transforms) while intensity jitter touches the image only. A mirror across the
+patient's left-right axis turns a left structure into a right one, so there it also exchanges the
+channels of lateralised labels (see :class:`RandMirrord`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -23,7 +25,7 @@ from monai.transforms import (
     ScaleIntensityRange,
 )
 
-__all__ = ["augmentation", "resize_labels", "resize_values", "scale_range"]
+__all__ = ["RandMirrord", "augmentation", "resize_labels", "resize_values", "scale_range"]
 
 
 def resize_values(array: np.ndarray, size: Sequence[int]) -> np.ndarray:
@@ -52,6 +54,38 @@ def scale_range(array: np.ndarray, low: float, high: float) -> np.ndarray:
     return np.asarray(scale(np.asarray(array, dtype=np.float32)), dtype=np.float32)
 
 
+class RandMirrord(RandFlipd):
+    """``RandFlipd`` that, when it mirrors, also exchanges channel pairs of some keys.
+
+    Mirroring a patient left-right makes the left parotid lie where the right one was: without
+    exchanging the two label channels the network is taught both sides for the same structure.
+    ``swaps`` maps a key to the channel pairs exchanged on dimension 0; it may name keys that are
+    not flipped, such as a per-channel availability vector ``(C,)``.
+    """
+
+    def __init__(
+        self,
+        keys: Sequence[str],
+        prob: float,
+        spatial_axis: int,
+        swaps: Mapping[str, Sequence[tuple[int, int]]],
+    ) -> None:
+        super().__init__(keys=keys, prob=prob, spatial_axis=spatial_axis)
+        self.swaps = {key: list(pairs) for key, pairs in swaps.items() if pairs}
+
+    def __call__(
+        self, data: Mapping[Hashable, torch.Tensor], lazy: bool | None = None
+    ) -> dict[Hashable, torch.Tensor]:
+        out = super().__call__(data, lazy=lazy)
+        if self._do_transform:
+            for key, pairs in self.swaps.items():
+                order = list(range(out[key].shape[0]))
+                for a, b in pairs:
+                    order[a], order[b] = order[b], order[a]
+                out[key] = out[key][order]
+        return out
+
+
 def augmentation(
     image_key: str,
     interpolated_keys: Sequence[str],
@@ -61,6 +95,8 @@ def augmentation(
     flip_axes: Sequence[int] | None = None,
     affine: bool = True,
     intensity: bool = True,
+    left_right_axis: int | None = None,
+    left_right_swaps: Mapping[str, Sequence[tuple[int, int]]] | None = None,
 ) -> Compose:
     """Random training augmentation on a sample dictionary of channel-first tensors.
 
@@ -75,6 +111,9 @@ def augmentation(
             a bottom: mirroring those axes makes images no scanner produces.
         affine: a small affine (rotation up to 0.2 rad, scaling ±10 %, p=0.5).
         intensity: intensity scale/shift jitter (±10 %, p=0.5 each).
+        left_right_axis: the spatial axis running from the patient's right to left, if known.
+        left_right_swaps: channel pairs exchanged per key when ``left_right_axis`` is mirrored
+            (lateralised labels and their availability vectors).
 
     Returns:
         A MONAI ``Compose`` of the chosen transforms, in that order.
@@ -83,7 +122,12 @@ def augmentation(
     keys = [*smooth, *mask_keys]
     modes = ["bilinear"] * len(smooth) + ["nearest"] * len(mask_keys)
     axes = range(spatial_dims) if flip_axes is None else flip_axes
-    transforms: list[Any] = [RandFlipd(keys=keys, prob=0.5, spatial_axis=axis) for axis in axes]
+    transforms: list[Any] = [
+        RandMirrord(keys, 0.5, axis, left_right_swaps or {})
+        if axis == left_right_axis
+        else RandFlipd(keys=keys, prob=0.5, spatial_axis=axis)
+        for axis in axes
+    ]
     if affine:
         transforms.append(
             RandAffined(

@@ -8,10 +8,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from datahelpers import KBP_TASKS, make_config, real_data, write_kbp_patient
 
+from ctan.config import AugmentationConfig
 from ctan.data.dataset import CaseDataset, build_cases
-from ctan.data.openkbp import ORGANS, read_patient, read_sparse, to_native, write_dose_csv
+from ctan.data.openkbp import (
+    ORGANS,
+    OpenKBPReader,
+    read_patient,
+    read_sparse,
+    to_native,
+    write_dose_csv,
+)
 from ctan.data.phantoms import write_phantoms
 
 
@@ -59,6 +68,53 @@ def test_samples_follow_the_contract(provided: Path, tmp_path: Path, dims: int) 
     assert sample["targets"]["organs"].shape == (7, *size)
     assert sample["roi"]["dose"].shape == (1, *size)
     assert sample["target_masks"]["organs"].shape == (7,)
+
+
+def test_a_left_right_mirror_moves_a_parotid_to_the_other_side(tmp_path: Path) -> None:
+    root = tmp_path / "provided-data"
+    write_kbp_patient(root / "train-pats" / "pt_1", ("LeftParotid",))
+    config = kbp_config(root, tmp_path)
+    mirror_only = AugmentationConfig(flip_axes=[1], affine=False, intensity=False)
+    config = config.model_copy(
+        update={"train": config.train.model_copy(update={"augmentation": mirror_only})}
+    )
+    case = build_cases(config)[7]
+    plain = CaseDataset([case], config, train=False)[0]
+    mirrored = CaseDataset([case], config, train=True)
+    right, left = ORGANS.index("RightParotid"), ORGANS.index("LeftParotid")
+    assert plain["target_masks"]["organs"][[right, left]].tolist() == [0.0, 1.0]
+    assert plain["targets"]["organs"][left].sum() > 0
+    seen = set()
+    for _ in range(20):
+        sample = mirrored[0]
+        organs, masks = sample["targets"]["organs"], sample["target_masks"]["organs"]
+        if torch.equal(sample["targets"]["dose"], plain["targets"]["dose"]):
+            assert torch.equal(organs, plain["targets"]["organs"])
+            assert torch.equal(masks, plain["target_masks"]["organs"])
+            seen.add("kept")
+        else:
+            assert torch.equal(sample["targets"]["dose"], plain["targets"]["dose"].flip(2))
+            assert torch.equal(organs[right], plain["targets"]["organs"][left].flip(1))
+            assert organs[left].sum() == 0
+            assert masks[[right, left]].tolist() == [1.0, 0.0]
+            seen.add("mirrored")
+    assert seen == {"kept", "mirrored"}
+
+
+def test_real_patients_have_their_left_where_the_reader_says() -> None:
+    """The reader's left-right axis, checked on real patients: the left parotid lies at higher
+    indices along it than the right one."""
+    root = real_data("openkbp", "train-pats")
+    axis = OpenKBPReader.left_right_axis
+    checked = 0
+    for patient in sorted(root.glob("pt_*"))[:6]:
+        volumes = read_patient(patient)
+        if "LeftParotid" in volumes and "RightParotid" in volumes:
+            left = np.argwhere(volumes["LeftParotid"] > 0)[:, axis].mean()
+            right = np.argwhere(volumes["RightParotid"] > 0)[:, axis].mean()
+            assert left > right + 10, patient.name
+            checked += 1
+    assert checked >= 3
 
 
 def test_to_native_restores_the_grid(provided: Path, tmp_path: Path) -> None:

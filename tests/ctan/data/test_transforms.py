@@ -45,3 +45,41 @@ def test_intensity_jitter_changes_values_but_not_geometry():
     outs = [torch.as_tensor(jitter({"image": image.clone()})["image"]) for _ in range(10)]
     assert any(not torch.equal(o, image) for o in outs)
     assert all(torch.allclose(o, o.flatten()[0].expand_as(o)) for o in outs)
+
+
+def test_a_left_right_mirror_exchanges_lateral_channels_and_their_availability():
+    image = torch.arange(3 * 4, dtype=torch.float32).reshape(1, 3, 4)
+    organs = torch.zeros(3, 3, 4)
+    organs[0, :, 0] = 1.0  # the "right" structure, at the low end of axis 1
+    organs[2, 1, :] = 1.0  # an unpaired structure
+    available = torch.tensor([1.0, 0.0, 1.0])
+    swaps = {"organs": [(0, 1)], "organs/available": [(0, 1)]}
+    mirror = augmentation(
+        "image",
+        [],
+        ["organs"],
+        2,
+        seed=0,
+        flip_axes=[0, 1],
+        affine=False,
+        intensity=False,
+        left_right_axis=1,
+        left_right_swaps=swaps,
+    )
+    seen = set()
+    for _ in range(30):
+        out = mirror({"image": image, "organs": organs, "organs/available": available})
+        got = {key: torch.as_tensor(value) for key, value in out.items()}
+        across = {0} if torch.equal(got["image"], image.flip(1)) else set()
+        across |= {1} if torch.equal(got["image"], image.flip(2)) else set()
+        if torch.equal(got["image"], image.flip(1).flip(2)):
+            across = {0, 1}
+        if 1 in across:
+            expected = organs.flip([d + 1 for d in sorted(across)])[[1, 0, 2]]
+            assert torch.equal(got["organs"], expected)
+            assert got["organs/available"].tolist() == [0.0, 1.0, 1.0]
+        else:
+            assert torch.equal(got["organs"], organs.flip([d + 1 for d in sorted(across)]))
+            assert got["organs/available"].tolist() == available.tolist()
+        seen.add(frozenset(across))
+    assert seen == {frozenset(), frozenset({0}), frozenset({1}), frozenset({0, 1})}
