@@ -41,15 +41,15 @@ OpenKBP patients, runs only CTAN federated (each simulation costs 20-40 s of sta
 ``docs/results/bench_federated_quick.json`` and its own section of ``docs/benchmarks.md``.
 
 ``--ablation`` reruns the suites with one config change from ``ABLATIONS`` (class-balanced or
-logit-adjusted classification losses, heads averaged too, a quarter of the batch size, or twice
-the rounds) applied to every variant, and writes ``docs/results/bench_federated_<ablation>.json``
-and its own section, beside the main results; no overhead runs, and the targets stay those of the
-main run. Runs are not trained twice: every suite record carries digests of its training and
-federation settings, and a run of another results file whose suite has the same digests (the
-training digest alone for the centralised and site-alone runs, which never read the federation)
-is taken over, marked with the file it came from. So heads averaged takes the centralised and
-site-alone rows from the main results, and the main results take every row of an ablation whose
-change was later shipped in the suite's config.
+logit-adjusted classification losses, heads averaged too, a quarter of the batch size, twice the
+rounds, or no mirroring) applied to every variant, and writes
+``docs/results/bench_federated_<ablation>.json`` and its own section, beside the main results; no
+overhead runs, and the targets stay those of the main run. Runs are not trained twice: every suite
+record carries digests of its training and federation settings, and a run of another results file
+whose suite has the same digests (the training digest alone for the centralised and site-alone
+runs, which never read the federation) is taken over, marked with the file it came from. So heads
+averaged takes the centralised and site-alone rows from the main results, and the main results take
+every row of an ablation whose change was later shipped in the suite's config.
 
     python scripts/bench_federated.py                 # full run, all suites
     python scripts/bench_federated.py --quick         # smoke check, under 5 minutes
@@ -149,6 +149,9 @@ ABLATIONS: dict[str, str] = {
     "classification task, priors from each party's own training labels)",
     "double-rounds": "twice the rounds (and so twice the epochs of the centralised and site-alone "
     "runs): how the gap changes with the training budget",
+    "no-mirroring": "no mirroring in the training augmentation (train.augmentation.flip_axes: "
+    "[]), against the default that mirrors every axis (exchanging the left and right parotid "
+    "labels across the patient's left-right axis)",
 }
 UNFEDERATED_VARIANTS = ("centralised-ctan", "alone-ctan")
 #: the dedicated overhead run (full mode): enough local epochs for >= 30 s of training per round
@@ -529,6 +532,7 @@ def bench_config(
     rounds = suite.quick_rounds if quick else suite.rounds
     plain = federation = config.federation.model_copy(update={"rounds": rounds})
     tasks, batch_size = config.tasks, config.train.batch_size
+    augmentation = config.train.augmentation
     if ablation == "balanced":
         tasks = with_balanced_classes(tasks)
     elif ablation == "logit-adjusted":
@@ -540,9 +544,16 @@ def bench_config(
     elif ablation == "double-rounds":
         rounds *= 2
         federation = federation.model_copy(update={"rounds": rounds})
+    elif ablation == "no-mirroring":
+        augmentation = augmentation.model_copy(update={"flip_axes": []})
     elif ablation is not None:
         raise ValueError(f"unknown ablation {ablation!r}; expected one of {sorted(ABLATIONS)}")
-    unchanged = (tasks, federation, batch_size) == (config.tasks, plain, config.train.batch_size)
+    unchanged = (tasks, federation, batch_size, augmentation) == (
+        config.tasks,
+        plain,
+        config.train.batch_size,
+        config.train.augmentation,
+    )
     if ablation is not None and unchanged:
         raise ValueError(
             f"ablation {ablation!r} changes nothing in {suite.config}; it already has it"
@@ -552,7 +563,11 @@ def bench_config(
         "federation": federation,
         "tasks": tasks,
         "train": config.train.model_copy(
-            update={"epochs": rounds * federation.local_epochs, "batch_size": batch_size}
+            update={
+                "epochs": rounds * federation.local_epochs,
+                "batch_size": batch_size,
+                "augmentation": augmentation,
+            }
         ),
     }
     if quick:
@@ -820,18 +835,40 @@ def repository_text(text: str) -> str:
 
 def config_digests(config: Any) -> dict[str, str]:
     """SHA-256 digests of what a run's results depend on, apart from the seed: ``training``
-    (every section but the experiment's names and folders, the federation and the data cache)
-    and ``federation``. Paths inside the repository count relative to it, so a second checkout
+    (every section but the experiment's names and folders, the federation and the data cache,
+    plus the label channels a left-right mirror exchanges, which the data format decides) and
+    ``federation``. Paths inside the repository count relative to it, so a second checkout
     digests alike."""
     dumped = config.model_dump(mode="json", exclude={"experiment": True})
     dumped["data"].pop("cache_dir", None)
     federation = dumped.pop("federation")
+    swaps = left_right_swaps(config)
+    if swaps:
+        dumped["train"]["augmentation"]["left_right_swaps"] = swaps
 
     def digest(value: Any) -> str:
         text = repository_text(json.dumps(value, sort_keys=True))
         return hashlib.sha256(text.encode()).hexdigest()
 
     return {"training": digest(dumped), "federation": digest(federation)}
+
+
+def left_right_swaps(config: Any) -> dict[str, list[list[int]]]:
+    """The channel pairs of each task label that training mirrors exchange: those of the
+    data format's lateralised labels, where the augmentation mirrors its left-right axis."""
+    from ctan.data.dataset import make_reader
+
+    reader = make_reader(config)
+    flip_axes = config.train.augmentation.flip_axes
+    axes = range(config.model.spatial_dims) if flip_axes is None else flip_axes
+    if reader.left_right_axis not in axes:
+        return {}
+    labels = reader.labels
+    return {
+        task.label: [list(pair) for pair in labels[task.label].mirror_pairs]
+        for task in config.tasks
+        if task.label in labels and labels[task.label].mirror_pairs
+    }
 
 
 SETTINGS_KEYS = ("config", "tasks", "sizes", "rounds", "local_epochs", "strategy", "digests")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -242,6 +243,15 @@ def test_ablations_change_every_run_of_a_suite(tmp_path: Path):
     double = bench.bench_config(suite, quick=True, seed=1, work=tmp_path, ablation="double-rounds")
     assert double.federation.rounds == 2 * plain.federation.rounds
     assert double.train.epochs == 2 * plain.train.epochs
+    unmirrored = bench.bench_config(
+        suite, quick=True, seed=1, work=tmp_path, ablation="no-mirroring"
+    )
+    assert plain.train.augmentation.flip_axes is None
+    assert unmirrored.train.augmentation.flip_axes == []
+    assert unmirrored.train.augmentation.affine == plain.train.augmentation.affine
+    assert unmirrored.train.batch_size == plain.train.batch_size
+    with pytest.raises(ValueError, match="'no-mirroring' changes nothing"):
+        bench.bench_config(chest, quick=True, seed=1, work=tmp_path, ablation="no-mirroring")
     with pytest.raises(ValueError, match="unknown ablation 'dwa'"):
         bench.bench_config(suite, quick=True, seed=1, work=tmp_path, ablation="dwa")
 
@@ -372,6 +382,29 @@ def test_config_digests_ignore_the_seed_but_not_the_training_or_federation():
     assert quarter["federation"] == first["federation"]
     heads = bench.config_digests(bench.bench_config(suite, False, 0, work, "federated-heads"))
     assert heads["training"] == first["training"] and heads["federation"] != first["federation"]
+
+
+def test_the_training_digest_names_the_labels_a_left_right_mirror_exchanges(tmp_path: Path):
+    suite = bench.SUITES["openkbp"]
+    config = bench.bench_config(suite, False, 0, tmp_path)
+    assert bench.left_right_swaps(config) == {"organs": [[2, 3]]}
+    lengthwise = config.model_copy(
+        update={
+            "train": config.train.model_copy(
+                update={
+                    "augmentation": config.train.augmentation.model_copy(update={"flip_axes": [0]})
+                }
+            )
+        }
+    )
+    assert bench.left_right_swaps(lengthwise) == {}
+    derm = bench.bench_config(bench.SUITES["derm"], False, 0, tmp_path)
+    assert bench.left_right_swaps(derm) == {}
+    plain = config.model_dump(mode="json", exclude={"experiment": True})
+    plain["data"].pop("cache_dir", None)
+    plain.pop("federation")
+    text = bench.repository_text(json.dumps(plain, sort_keys=True))
+    assert bench.config_digests(config)["training"] != hashlib.sha256(text.encode()).hexdigest()
 
 
 def test_render_rewrites_the_sections_of_stored_results(tmp_path: Path, monkeypatch):
