@@ -23,8 +23,9 @@ one sample per slice (axis 2) of the box, resampled in-plane to ``(H, W)``. The 
 Label keys: ``dose`` (regression, 1 channel, Gy; ROI = possible-dose mask) and ``organs``
 (segmentation, 7 independent channels in :data:`ORGANS` order). The image has 4 channels: CT
 (HU+1024 clipped to 0..4095, scaled to [0, 1]) and the PTV56, PTV63, PTV70 masks. Volume axis 1
-runs between the patient's right and left (every real patient's left parotid lies at higher
-indices than the right one), so a mirror across spatial axis 1 exchanges the two parotid channels.
+runs between the patient's right and left (the left parotid lies at higher indices than the
+right one in all 35 real patients with both contoured), so a mirror across spatial axis 1
+exchanges the two parotid channels.
 """
 
 from __future__ import annotations
