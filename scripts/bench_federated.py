@@ -854,21 +854,13 @@ def config_digests(config: Any) -> dict[str, str]:
 
 
 def left_right_swaps(config: Any) -> dict[str, list[list[int]]]:
-    """The channel pairs of each task label that training mirrors exchange: those of the
-    data format's lateralised labels, where the augmentation mirrors its left-right axis."""
+    """The channel pairs of each task label that training mirrors exchange (see
+    :func:`ctan.data.dataset.left_right_swaps`), as JSON lists."""
+    from ctan.data.dataset import left_right_swaps as swaps_of
     from ctan.data.dataset import make_reader
 
-    reader = make_reader(config)
-    flip_axes = config.train.augmentation.flip_axes
-    axes = range(config.model.spatial_dims) if flip_axes is None else flip_axes
-    if reader.left_right_axis not in axes:
-        return {}
-    labels = reader.labels
-    return {
-        task.label: [list(pair) for pair in labels[task.label].mirror_pairs]
-        for task in config.tasks
-        if task.label in labels and labels[task.label].mirror_pairs
-    }
+    swaps = swaps_of(config, make_reader(config))
+    return {label: [list(pair) for pair in pairs] for label, pairs in swaps.items()}
 
 
 SETTINGS_KEYS = ("config", "tasks", "sizes", "rounds", "local_epochs", "strategy", "digests")

@@ -32,7 +32,14 @@ from ctan.data.reader import CaseList, FormatReader, ListingProblems
 from ctan.data.stoic import StoicReader
 from ctan.data.transforms import augmentation
 
-__all__ = ["READERS", "CaseDataset", "build_cases", "make_reader", "split_cases"]
+__all__ = [
+    "READERS",
+    "CaseDataset",
+    "build_cases",
+    "left_right_swaps",
+    "make_reader",
+    "split_cases",
+]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +65,23 @@ def make_reader(config: Config) -> FormatReader:
     if factory is None:
         raise ValueError(f"data.format {config.data.format!r} is unknown; allowed: {list(READERS)}")
     return factory(config)
+
+
+def left_right_swaps(
+    config: Config, reader: FormatReader
+) -> dict[str, tuple[tuple[int, int], ...]]:
+    """The channel pairs of each pixel task's label that a training mirror exchanges: the
+    format's lateralised labels, where ``train.augmentation`` mirrors its left-right axis."""
+    flip_axes = config.train.augmentation.flip_axes
+    axes = range(config.model.spatial_dims) if flip_axes is None else flip_axes
+    if reader.left_right_axis not in axes:
+        return {}
+    labels = reader.labels
+    return {
+        t.label: labels[t.label].mirror_pairs
+        for t in config.tasks
+        if t.is_pixel_task and t.label in labels and labels[t.label].mirror_pairs
+    }
 
 
 def _ensure_root(config: Config) -> Path:
@@ -226,9 +250,9 @@ class CaseDataset(Dataset):
         pixel = [t for t in config.tasks if t.is_pixel_task]
         rois = sorted({labels[t.label].roi for t in pixel if labels[t.label].roi})
         swaps = {
-            key: labels[t.label].mirror_pairs
-            for t in pixel
-            for key in (t.label, _availability_key(t.label))
+            key: pairs
+            for label, pairs in left_right_swaps(config, self.reader).items()
+            for key in (label, _availability_key(label))
         }
         self._augment = (
             augmentation(

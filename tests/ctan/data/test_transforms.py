@@ -66,20 +66,14 @@ def test_a_left_right_mirror_exchanges_lateral_channels_and_their_availability()
         left_right_axis=1,
         left_right_swaps=swaps,
     )
+    mirrorings = [(), (1,), (2,), (1, 2)]  # tensor dimensions: spatial axis + 1
     seen = set()
     for _ in range(30):
         out = mirror({"image": image, "organs": organs, "organs/available": available})
         got = {key: torch.as_tensor(value) for key, value in out.items()}
-        across = {0} if torch.equal(got["image"], image.flip(1)) else set()
-        across |= {1} if torch.equal(got["image"], image.flip(2)) else set()
-        if torch.equal(got["image"], image.flip(1).flip(2)):
-            across = {0, 1}
-        if 1 in across:
-            expected = organs.flip([d + 1 for d in sorted(across)])[[1, 0, 2]]
-            assert torch.equal(got["organs"], expected)
-            assert got["organs/available"].tolist() == [0.0, 1.0, 1.0]
-        else:
-            assert torch.equal(got["organs"], organs.flip([d + 1 for d in sorted(across)]))
-            assert got["organs/available"].tolist() == available.tolist()
-        seen.add(frozenset(across))
-    assert seen == {frozenset(), frozenset({0}), frozenset({1}), frozenset({0, 1})}
+        across = next(a for a in mirrorings if torch.equal(got["image"], image.flip(a)))
+        order = [1, 0, 2] if 2 in across else [0, 1, 2]
+        assert torch.equal(got["organs"], organs.flip(across)[order])
+        assert got["organs/available"].tolist() == available[order].tolist()
+        seen.add(across)
+    assert seen == set(mirrorings)
