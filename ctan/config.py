@@ -204,6 +204,20 @@ class PhantomConfig(_Section):
     seed: int = Field(default=0, ge=0)
 
 
+class LateralityConfig(_Section):
+    """Where the patient's right and left lie in a manifest's images, and which label channels
+    are the right and left of one structure: a training mirror across that axis exchanges them,
+    so that a mirrored left parotid is labelled as the right one."""
+
+    axis: int = Field(
+        ge=0, description="spatial axis running between the patient's right and left, from 0"
+    )
+    pairs: dict[str, list[tuple[int, int]]] = Field(
+        default_factory=dict,
+        description="per pixel label (its manifest column), channel pairs a mirror exchanges",
+    )
+
+
 class DataConfig(_Section):
     """Where the cases are and how they are read."""
 
@@ -213,6 +227,20 @@ class DataConfig(_Section):
     cache_dir: ResolvedPath | None = None
     skip_bad: bool = False
     phantom: PhantomConfig | None = None
+    laterality: LateralityConfig | None = Field(
+        default=None,
+        description="manifest only (the other formats declare their own); default: no "
+        "left-right axis, so mirrors exchange no channels",
+    )
+
+    @model_validator(mode="after")
+    def _check_laterality(self) -> DataConfig:
+        if self.laterality is not None and self.format != "manifest":
+            raise ValueError(
+                f"laterality applies to format 'manifest' only; format {self.format!r} "
+                "declares its own left-right axis and paired labels"
+            )
+        return self
 
 
 class AugmentationConfig(_Section):
@@ -372,6 +400,8 @@ class Config(_Section):
                 f"train.augmentation.flip_axes {beyond} do not exist for spatial_dims "
                 f"{self.model.spatial_dims}; allowed: {list(range(self.model.spatial_dims))}"
             )
+        if self.data is not None and self.data.laterality is not None:
+            self._check_laterality(self.data.laterality)
         if self.federation is not None:
             for site in self.federation.sites:
                 unknown = [t for t in site.tasks if t not in names]
@@ -384,6 +414,28 @@ class Config(_Section):
             if len(set(site_names)) != len(site_names):
                 raise ValueError(f"federation sites {site_names} repeat a name")
         return self
+
+    def _check_laterality(self, laterality: LateralityConfig) -> None:
+        """The axis exists and every pair names two distinct channels of a pixel task's label."""
+        dims = self.model.spatial_dims
+        if laterality.axis >= dims:
+            raise ValueError(
+                f"data.laterality.axis {laterality.axis} does not exist for spatial_dims {dims}; "
+                f"allowed: {list(range(dims))}"
+            )
+        pixel = {t.label: t.classes for t in self.tasks if t.is_pixel_task}
+        for label, pairs in laterality.pairs.items():
+            if label not in pixel:
+                raise ValueError(
+                    f"data.laterality.pairs names {label!r}, not the label of a pixel task; "
+                    f"allowed: {sorted(pixel)}"
+                )
+            for pair in pairs:
+                if pair[0] == pair[1] or not all(0 <= c < pixel[label] for c in pair):
+                    raise ValueError(
+                        f"data.laterality.pairs.{label} pair {list(pair)} must be two distinct "
+                        f"channels 0..{pixel[label] - 1}"
+                    )
 
     def task(self, name: str) -> TaskSpec:
         """The task called ``name``; raises ``KeyError`` naming the known tasks."""

@@ -17,6 +17,10 @@
   (``exclusive: false``) hold indices separated by ``;`` (``"0;2"``); a ``classes: 1`` task holds
   0 or 1. Class names are not accepted (the config has no class-name list).
 
+``data.laterality`` (optional) names the spatial axis running between the patient's right and
+left and, per pixel label, the channel pairs that are the right and left of one structure; a
+training mirror across that axis exchanges them (as the OpenKBP reader does for the parotids).
+
 Paths are relative to the CSV's folder. Images are read with MONAI's ``LoadImage`` (NIfTI,
 PNG/JPEG, and MHA/NRRD/DICOM series folders through :class:`~ctan.data.imageio.SimpleITKReader`),
 scaled per image to [0, 1] and resized to ``model.image_size``.
@@ -79,10 +83,22 @@ class ManifestReader(FormatReader):
 
     @property
     def labels(self) -> Mapping[str, LabelInfo]:
+        laterality = self.config.data.laterality
+        pairs = laterality.pairs if laterality is not None else {}
         return {
-            task.label: LabelInfo("pixel" if task.is_pixel_task else "image", task.classes)
+            task.label: LabelInfo(
+                "pixel" if task.is_pixel_task else "image",
+                task.classes,
+                mirror_pairs=tuple(tuple(p) for p in pairs.get(task.label, ())),
+            )
             for task in self.config.tasks
         }
+
+    @property
+    def left_right_axis(self) -> int | None:  # type: ignore[override]
+        """``data.laterality.axis``: a manifest says itself which way its images lie."""
+        laterality = self.config.data.laterality
+        return laterality.axis if laterality is not None else None
 
     @property
     def image_channels(self) -> int:

@@ -207,3 +207,25 @@ def test_augmentation_axes_must_exist_and_be_distinct():
         False,
         True,
     )
+
+
+def test_manifest_laterality_names_what_is_wrong(tmp_path: Path):
+    raw = _base()
+    raw["tasks"][0] = {"name": "parotids", "kind": "segmentation", "classes": 2}
+    raw["data"] = {
+        "format": "manifest",
+        "root": str(tmp_path),
+        "laterality": {"axis": 1, "pairs": {"parotids": [[0, 1]]}},
+    }
+    laterality = load_config(raw).data.laterality
+    assert (laterality.axis, laterality.pairs) == (1, {"parotids": [(0, 1)]})
+    raw["data"]["laterality"]["axis"] = 2
+    assert "data.laterality.axis 2 does not exist for spatial_dims 2" in _error(raw)
+    raw["data"]["laterality"] = {"axis": 0, "pairs": {"diagnosis": [[0, 1]]}}
+    assert "names 'diagnosis', not the label of a pixel task; allowed: ['parotids']" in _error(raw)
+    raw["data"]["laterality"] = {"axis": 0, "pairs": {"parotids": [[1, 2]]}}
+    assert "pair [1, 2] must be two distinct channels 0..1" in _error(raw)
+    raw["data"]["laterality"] = {"axis": 0, "pairs": {"parotids": [[1, 1]]}}
+    assert "must be two distinct channels" in _error(raw)
+    raw["data"] = {"format": "openkbp", "root": str(tmp_path), "laterality": {"axis": 0}}
+    assert "laterality applies to format 'manifest' only" in _error(raw)

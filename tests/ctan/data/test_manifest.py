@@ -7,9 +7,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from datahelpers import HAM_TASKS, make_config, write_jpeg, write_mask
 from PIL import Image
 
+from ctan.config import load_config
 from ctan.data.dataset import CaseDataset, build_cases
 
 
@@ -80,3 +82,31 @@ def test_missing_image_and_bad_class_name_the_file(tmp_path: Path) -> None:
     (root / "manifest.csv").write_text("id,path\n")
     with pytest.raises(ValueError, match=r"manifest\.csv"):
         build_cases(make_config("manifest", root, HAM_TASKS, tmp_path / "c"))
+
+
+def test_manifest_laterality_exchanges_the_paired_channels(tmp_path: Path) -> None:
+    root = tmp_path / "site"
+    write_jpeg(root / "img" / "a.png", 0, size=(32, 32))
+    labels = np.zeros((32, 32), np.uint8)
+    labels[4:12, 2:8] = 1  # label value 1: channel 0, the right parotid, off-centre
+    (root / "mask").mkdir()
+    Image.fromarray(labels).save(root / "mask" / "a.png")
+    (root / "manifest.csv").write_text("case_id,image,parotids\na,img/a.png,mask/a.png\n")
+    tasks = [{"name": "parotids", "kind": "segmentation", "classes": 2}]
+    raw = make_config("manifest", root, tasks, tmp_path / "c").model_dump(mode="json")
+    raw["data"]["laterality"] = {"axis": 1, "pairs": {"parotids": [[0, 1]]}}
+    raw["train"] = {"augmentation": {"flip_axes": [1], "affine": False, "intensity": False}}
+    config = load_config(raw)
+    case = build_cases(config)[0]
+    plain = CaseDataset([case], config, train=False)[0]["targets"]["parotids"]
+    assert plain[0].sum() > 0 and plain[1].sum() == 0
+    mirrored = CaseDataset([case], config, train=True)
+    seen = set()
+    for _ in range(20):
+        target = mirrored[0]["targets"]["parotids"]
+        if torch.equal(target, plain):
+            seen.add("kept")
+        else:
+            assert torch.equal(target[1], plain[0].flip(1)) and target[0].sum() == 0
+            seen.add("mirrored")
+    assert seen == {"kept", "mirrored"}
