@@ -838,13 +838,16 @@ def config_digests(config: Any) -> dict[str, str]:
     (every section but the experiment's names and folders, the federation and the data cache,
     plus the label channels a left-right mirror exchanges, which the data format decides) and
     ``federation``. Paths inside the repository count relative to it, so a second checkout
-    digests alike."""
-    dumped = config.model_dump(mode="json", exclude={"experiment": True})
+    digests alike. Settings at their defaults are left out, so a config field added later
+    leaves the digests of earlier records alone; a changed default is a code change, which no
+    digest sees."""
+    dumped = config.model_dump(mode="json", exclude={"experiment": True}, exclude_defaults=True)
     dumped["data"].pop("cache_dir", None)
     federation = dumped.pop("federation")
     swaps = left_right_swaps(config)
     if swaps:
-        dumped["train"]["augmentation"]["left_right_swaps"] = swaps
+        train = dumped.setdefault("train", {})
+        train.setdefault("augmentation", {})["left_right_swaps"] = swaps
 
     def digest(value: Any) -> str:
         text = repository_text(json.dumps(value, sort_keys=True))

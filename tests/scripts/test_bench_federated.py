@@ -383,6 +383,21 @@ def test_config_digests_ignore_the_seed_but_not_the_training_or_federation():
     assert heads["training"] == first["training"] and heads["federation"] != first["federation"]
 
 
+def test_settings_at_their_defaults_leave_the_digests_alone():
+    """A field added to the config later, with a default, must not orphan the stored records:
+    a setting at its default digests like one left out."""
+    config = bench.bench_config(bench.SUITES["chest"], False, 0, Path("/tmp/unused"))
+    digests = bench.config_digests(config)
+    train = config.train.model_copy(update={"amp": True, "num_workers": 0})
+    explicit = config.model_copy(update={"train": train})
+    assert "amp" in explicit.train.model_fields_set
+    assert bench.config_digests(explicit) == digests
+    full_precision = config.model_copy(
+        update={"train": config.train.model_copy(update={"amp": False})}
+    )
+    assert bench.config_digests(full_precision)["training"] != digests["training"]
+
+
 def test_the_training_digest_names_the_labels_a_left_right_mirror_exchanges(
     tmp_path: Path, monkeypatch
 ):
