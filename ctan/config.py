@@ -436,6 +436,12 @@ class Config(_Section):
                         f"data.laterality.pairs.{label} pair {list(pair)} must be two distinct "
                         f"channels 0..{pixel[label] - 1}"
                     )
+            channels = [c for pair in pairs for c in pair]
+            if len(set(channels)) != len(channels):
+                raise ValueError(
+                    f"data.laterality.pairs.{label} {[list(p) for p in pairs]} name a channel "
+                    "twice; each channel has at most one mirror image"
+                )
 
     def task(self, name: str) -> TaskSpec:
         """The task called ``name``; raises ``KeyError`` naming the known tasks."""

@@ -227,5 +227,8 @@ def test_manifest_laterality_names_what_is_wrong(tmp_path: Path):
     assert "pair [1, 2] must be two distinct channels 0..1" in _error(raw)
     raw["data"]["laterality"] = {"axis": 0, "pairs": {"parotids": [[1, 1]]}}
     assert "must be two distinct channels" in _error(raw)
+    raw["tasks"][0]["classes"] = 3
+    raw["data"]["laterality"] = {"axis": 0, "pairs": {"parotids": [[0, 1], [1, 2]]}}
+    assert "name a channel twice" in _error(raw)
     raw["data"] = {"format": "openkbp", "root": str(tmp_path), "laterality": {"axis": 0}}
     assert "laterality applies to format 'manifest' only" in _error(raw)
