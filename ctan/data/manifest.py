@@ -89,7 +89,7 @@ class ManifestReader(FormatReader):
             task.label: LabelInfo(
                 "pixel" if task.is_pixel_task else "image",
                 task.classes,
-                mirror_pairs=tuple(tuple(p) for p in pairs.get(task.label, ())),
+                mirror_pairs=tuple(pairs.get(task.label, ())),
             )
             for task in self.config.tasks
         }
