@@ -6,7 +6,8 @@ Starts a private SuperLink in simulation mode (own ``FLWR_HOME``, free ports on 
 telemetry, update checks and runtime dependency installation off), submits the app with
 ``flwr run`` pointing at the YAML, streams its log, checks that the run really completed
 (``flwr run --stream`` exits 0 even when the run failed), and stops the SuperLink it started by
-its PID, also on failure or Ctrl-C. ``flwr run .`` from the project root works as well.
+its PID, also on failure, Ctrl-C or SIGTERM. ``flwr run .`` from the project root works as
+well.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from ctan.config import load_config
@@ -116,6 +119,20 @@ def start_superlink(home: Path, port: int) -> subprocess.Popen:
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
+    try:
+        wait_for_port(process, port, log_file)
+    except BaseException:
+        stop(process)
+        raise
+    return process
+
+
+def wait_for_port(process: subprocess.Popen, port: int, log_file: Path) -> None:
+    """Return once ``process`` listens on ``port`` of 127.0.0.1 (60 s at most).
+
+    Raises:
+        RuntimeError: it exited first, or did not listen within 60 s (its log is named).
+    """
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -124,9 +141,8 @@ def start_superlink(home: Path, port: int) -> subprocess.Popen:
             )
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return process
+                return
         time.sleep(0.3)
-    stop(process)
     raise RuntimeError(f"the SuperLink did not start within 60 s; see {log_file}")
 
 
@@ -214,6 +230,28 @@ def run_status(home: Path, run_id: int) -> dict:
     return runs[0] if runs else payload
 
 
+@contextlib.contextmanager
+def terminate_as_exit() -> Iterator[None]:
+    """Turn SIGTERM into ``SystemExit(143)`` while inside, so ``finally`` blocks still run.
+
+    Python's default SIGTERM ends the process at once, which would leave the SuperLink and its
+    helpers running (they live in sessions of their own). Only the main thread can take signals;
+    elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def leave(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, leave)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def simulate(
     config_path: Path,
     rounds: int,
@@ -257,50 +295,51 @@ def simulate(
         f"simulating {sites} sites ({cpus} CPU{gpu_text} each); private FLWR_HOME {home}, "
         f"SuperLink on 127.0.0.1:{port}"
     )
-    superlink = start_superlink(home, port)
-    try:
-        submitted = flwr_json(
-            home,
-            "run",
-            str(PROJECT_ROOT),
-            CONNECTION,
-            "--run-config",
-            overrides,
-            "--federation-config",
-            f"num-supernodes={sites} client-resources-num-cpus={cpus} "
-            f"client-resources-num-gpus={gpu_share}",
-        )
+    with terminate_as_exit():
+        superlink = start_superlink(home, port)
         try:
-            run_id = int(submitted["run-id"])
-        except (KeyError, TypeError, ValueError) as err:
-            raise RuntimeError(f"flwr run submitted no run: {submitted}") from err
-        print(f"run {run_id} submitted; streaming its log")
-        subprocess.run(
-            [_bin("flwr"), "log", str(run_id), CONNECTION, "--stream"],
-            env=flower_env(home),
-            check=False,
-            cwd=PROJECT_ROOT,
-        )
-        status = run_status(home, run_id)
-        deadline = time.monotonic() + 60
-        while FINISHED not in str(status.get("status", "")) and time.monotonic() < deadline:
-            time.sleep(1)
+            submitted = flwr_json(
+                home,
+                "run",
+                str(PROJECT_ROOT),
+                CONNECTION,
+                "--run-config",
+                overrides,
+                "--federation-config",
+                f"num-supernodes={sites} client-resources-num-cpus={cpus} "
+                f"client-resources-num-gpus={gpu_share}",
+            )
+            try:
+                run_id = int(submitted["run-id"])
+            except (KeyError, TypeError, ValueError) as err:
+                raise RuntimeError(f"flwr run submitted no run: {submitted}") from err
+            print(f"run {run_id} submitted; streaming its log")
+            subprocess.run(
+                [_bin("flwr"), "log", str(run_id), CONNECTION, "--stream"],
+                env=flower_env(home),
+                check=False,
+                cwd=PROJECT_ROOT,
+            )
             status = run_status(home, run_id)
-        text = str(status.get("status", status))
-        if "completed" in text and "failed" not in text:
-            print(f"run {run_id} completed")
-            return 0
-        print(
-            f"run {run_id} did not complete: {text}; SuperLink log: {home / 'superlink.log'}",
-            file=sys.stderr,
-        )
-        keep_home = True
-        return 1
-    finally:
-        stop(superlink)
-        stop_leftovers(home)
-        if not keep_home:
-            shutil.rmtree(home, ignore_errors=True)
+            deadline = time.monotonic() + 60
+            while FINISHED not in str(status.get("status", "")) and time.monotonic() < deadline:
+                time.sleep(1)
+                status = run_status(home, run_id)
+            text = str(status.get("status", status))
+            if "completed" in text and "failed" not in text:
+                print(f"run {run_id} completed")
+                return 0
+            print(
+                f"run {run_id} did not complete: {text}; SuperLink log: {home / 'superlink.log'}",
+                file=sys.stderr,
+            )
+            keep_home = True
+            return 1
+        finally:
+            stop(superlink)
+            stop_leftovers(home)
+            if not keep_home:
+                shutil.rmtree(home, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:

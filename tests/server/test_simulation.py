@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +19,7 @@ from ctan.checkpoint import load_checkpoint
 from ctan.config import load_config
 from ctan.models import build_model, parameter_groups
 from server.rounds import load_state
-from server.simulate import simulate
+from server.simulate import PROJECT_ROOT, processes_of, simulate, stop_leftovers
 
 pytestmark = pytest.mark.slow
 
@@ -135,3 +140,33 @@ def test_server_optimiser_runs_and_resumes_with_its_state(
     assert {a.dtype for a in expected.values()} == {np.dtype(np.float32)}
     for key in expected:
         np.testing.assert_array_equal(resumed[key], expected[key], err_msg=key)
+
+
+def test_sigterm_stops_every_process_the_simulation_started(ham_phantom: Path, tmp_path: Path):
+    path = write_config(ham_phantom, tmp_path, rounds=50)
+    command = [sys.executable, "-m", "server.simulate", "--config", str(path)]
+    command += ["--output-dir", str(tmp_path / "out")]
+    process = subprocess.Popen(
+        command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    home = None
+    try:
+        for line in process.stdout:
+            found = re.search(r"private FLWR_HOME (\S+),", line)
+            home = Path(found.group(1)) if found else home
+            if "submitted" in line:
+                break
+        assert home is not None and processes_of(home), "the SuperLink never started"
+        time.sleep(5)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 128 + signal.SIGTERM
+        deadline = time.monotonic() + 30
+        while processes_of(home) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert processes_of(home) == []
+        assert not home.exists()
+    finally:
+        process.kill()
+        process.wait()
+        if home is not None:
+            stop_leftovers(home)
