@@ -465,6 +465,13 @@ def _overhead_text(summary: Mapping[str, Any]) -> str:
     )
 
 
+def _federated_heads_text(runs: int) -> str:
+    """The end of the head-check line: runs with federated heads are left out of it."""
+    if not runs:
+        return "."
+    return f"; {runs} runs with federated heads, which send them by design, not counted."
+
+
 def render_measurements(report: Mapping[str, Any]) -> list[str]:
     """Markdown lines for bytes, head bytes and round overhead."""
     lines = ["#### Bytes, heads and overhead", ""]
@@ -479,7 +486,8 @@ def render_measurements(report: Mapping[str, Any]) -> list[str]:
     if heads:
         lines.append(
             f"- head groups sent: {heads['head_groups'] or 'none'} over {heads['sites_checked']} "
-            f"site logs of {heads['runs_checked']} federated runs (heads local)."
+            f"site logs of {heads['runs_checked']} federated runs (heads local)"
+            + _federated_heads_text(heads.get("runs_with_federated_heads", 0))
         )
     overhead = report.get("overhead", {})
     if overhead:
@@ -674,7 +682,7 @@ def run_federated(config: Any, splits: Mapping[str, Any], folder: Path) -> dict[
 
     Returns:
         ``{"sites": {site: score}, "rounds": round_overheads, "heads": {site: heads groups},
-        "config": YAML path, "output": folder}``.
+        "heads_mode": federation.heads, "config": YAML path, "output": folder}``.
 
     Raises:
         RuntimeError: the simulation did not complete (its log is named).
@@ -704,6 +712,7 @@ def run_federated(config: Any, splits: Mapping[str, Any], folder: Path) -> dict[
             site: head_payloads((sites_state / site / "payloads.jsonl").read_text().splitlines())
             for site in splits
         },
+        "heads_mode": config.federation.heads,
         "config": path,
         "output": output,
     }
@@ -772,6 +781,7 @@ def measure_bytes(config_path: Path, config: Any, output: Path, partition_id: in
         "object_ratio": objects / raw,
         "excess": max(byte_excess(recorddict, raw), byte_excess(objects, raw)),
         "head_groups": [g for g in groups if g.startswith("heads.")],
+        "heads_mode": config.federation.heads,
     }
 
 
@@ -965,21 +975,31 @@ class Report:
 
     def add_federated(self, name: str, result: Mapping[str, Any], concurrency: int) -> None:
         """Keep a federated run's round overheads and head check, with those of earlier
-        invocations (a rerun of the same run replaces it)."""
+        invocations (a rerun of the same run replaces it).
+
+        The head check counts the runs with local heads only: with ``federation.heads:
+        federated`` the heads leave the sites by design."""
         self.federated_runs[name] = {
             "name": name,
             "rounds": result["rounds"],
             "heads": result["heads"],
+            "heads_mode": result["heads_mode"],
         }
         self.data["federated_runs"] = list(self.federated_runs.values())
         runs = self.data["federated_runs"]
-        logs = [h for run in runs for h in run["heads"].values()]
-        replies = [e for e in self.data["bytes"].values() if e["head_groups"]]
+        local = [run for run in runs if run["heads_mode"] == "local"]
+        logs = [h for run in local for h in run["heads"].values()]
+        replies = [
+            e
+            for e in self.data["bytes"].values()
+            if e["heads_mode"] == "local" and e["head_groups"]
+        ]
         self.data["heads"] = {
             "head_groups": sorted({g for h in logs for g in h["groups"]}),
             "head_bytes_sent": sum(h["bytes"] for h in logs) + sum(e["raw_bytes"] for e in replies),
             "sites_checked": len(logs),
-            "runs_checked": len(runs),
+            "runs_checked": len(local),
+            "runs_with_federated_heads": len(runs) - len(local),
         }
         self.data["overhead"] = overhead_summary(runs) | {
             "concurrency": concurrency,

@@ -205,15 +205,42 @@ def test_report_keeps_federated_runs_of_earlier_invocations(tmp_path: Path):
     path, docs = tmp_path / "bench_federated.json", tmp_path / "benchmarks.md"
     rounds = [{"round": 1, "train_wall_seconds": 40.0, "site_train_seconds": 50.0, "ratio": 0.8}]
     heads = {"a": {"groups": [], "bytes": 0}, "b": {"groups": [], "bytes": 0}}
+    run = {"rounds": rounds, "heads": heads, "heads_mode": "local"}
     first = bench.Report(path, docs, quick=True)
-    first.add_federated("derm/seed0/ctan", {"rounds": rounds, "heads": heads}, 2)
+    first.add_federated("derm/seed0/ctan", run, 2)
     first.write()
     second = bench.Report(path, docs, quick=True)
-    second.add_federated("overhead", {"rounds": rounds, "heads": heads}, 2)
-    second.add_federated("derm/seed0/ctan", {"rounds": rounds, "heads": heads}, 2)
+    second.add_federated("overhead", run, 2)
+    second.add_federated("derm/seed0/ctan", run, 2)
     assert second.data["heads"]["runs_checked"] == 2
     assert second.data["heads"]["sites_checked"] == 4
     assert second.data["overhead"]["rounds"] == 2
+
+
+def test_head_check_counts_the_runs_whose_heads_are_local(tmp_path: Path):
+    report = bench.Report(tmp_path / "bench_federated.json", tmp_path / "b.md", quick=True)
+    sent = {"a": {"groups": ["heads.lesion"], "bytes": 500}}
+    kept = {"a": {"groups": [], "bytes": 0}}
+    report.add_federated(
+        "derm/seed0/ctan", {"rounds": [], "heads": sent, "heads_mode": "federated"}, 2
+    )
+    report.add_federated(
+        "chest/seed0/ctan", {"rounds": [], "heads": kept, "heads_mode": "local"}, 2
+    )
+    assert report.data["heads"] == {
+        "head_groups": [],
+        "head_bytes_sent": 0,
+        "sites_checked": 1,
+        "runs_checked": 1,
+        "runs_with_federated_heads": 1,
+    }
+    report.add_federated(
+        "openkbp/seed0/ctan", {"rounds": [], "heads": sent, "heads_mode": "local"}, 2
+    )
+    assert report.data["heads"]["head_groups"] == ["heads.lesion"]
+    assert report.data["heads"]["head_bytes_sent"] == 500
+    section = bench.render_section(_report() | {"heads": report.data["heads"]})
+    assert "1 runs with federated heads, which send them by design, not counted" in section
 
 
 def test_ablations_change_every_run_of_a_suite(tmp_path: Path):
@@ -342,7 +369,7 @@ def test_a_report_reads_the_other_results_files_of_its_mode(tmp_path):
     quarter["runs"].append(
         {"variant": "federated-ctan", "seed": 0, "wall_seconds": 30.0, "metrics": {}}
     )
-    federated_run = {"name": "derm/seed0/ctan", "rounds": [], "heads": {}}
+    federated_run = {"name": "derm/seed0/ctan", "rounds": [], "heads": {}, "heads_mode": "local"}
     (results / "bench_federated.json").write_text(json.dumps({"suites": {"derm": main}}))
     (results / "bench_federated_quarter-batch.json").write_text(
         json.dumps({"suites": {"derm": quarter}, "federated_runs": [federated_run]})
