@@ -5,9 +5,9 @@ coordinator makes a certificate authority and the SuperLink certificate, starts 
 with TLS and SuperNode authentication, registers each hospital's public key and launches the
 run; each hospital makes its key pair and joins with ``join_federation.sh`` (its own data,
 tasks, state folder and health port). Every process started is stopped by its PID (process
-group), also when something fails. The deployment tests and the federated benchmark's
-deployment overhead use it; a coordinator can use it to rehearse a federation before the
-hospitals join.
+group), also when something fails or the script is sent SIGTERM. The deployment tests and
+the federated benchmark's deployment overhead use it; a coordinator can use it to rehearse a
+federation before the hospitals join.
 
     python scripts/local_federation.py --config configs/federated/derm-natural.yaml \\
         --work runs/local-tls --cases 60
@@ -399,7 +399,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"{args.config} has no federation.sites to join")
     if args.rounds is not None:
         config["federation"]["rounds"] = args.rounds
-    result = run_local_federation(config, args.work, args.cases)
+    from server.simulate import terminate_as_exit
+
+    with terminate_as_exit():
+        result = run_local_federation(config, args.work, args.cases)
     print(result["stdout"])
     print(f"run folder: {result['run']}")
     return 0

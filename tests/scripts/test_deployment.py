@@ -8,6 +8,7 @@ Every process is stopped by its PID (process group) in a finalizer, also when a 
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import local_federation as local
 import pytest
+import yaml
 
 FLOWER_BIN = local.FLOWER_BIN
 script_env, run_script, free_port = local.script_env, local.run_script, local.free_port
@@ -411,3 +413,45 @@ def test_certificate_check_only_warns_when_nothing_answers(tmp_path: Path) -> No
         timeout=30,
     )
     assert bad.returncode != 0 and "must be HOST:PORT" in bad.stderr
+
+
+def processes_naming(text: str) -> list[int]:
+    """PIDs of live processes whose command line contains ``text``."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if text.encode() in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.slow
+@NEEDS_TOOLS
+@NEEDS_FLOWER
+def test_sigterm_takes_the_whole_local_federation_down(tmp_path: Path) -> None:
+    sites = [{"name": "a", "tasks": ["lesion", "diagnosis"]}, {"name": "b", "tasks": ["lesion"]}]
+    federation = {"id": "sigterm-test", "rounds": 50, "min_sites": 2, "sites": sites}
+    config = tmp_path / "federation.yaml"
+    config.write_text(yaml.safe_dump(tls_config(federation)))
+    work = tmp_path / "work"
+    command = [sys.executable, str(local.SCRIPTS / "local_federation.py"), "--config", str(config)]
+    process = subprocess.Popen(
+        [*command, "--work", str(work), "--cases", "20"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_until(lambda: (work / "runs").is_dir(), 180, "the run's launch")
+        pid = int((work / "coordinator" / "superlink.pid").read_text())
+        assert Path(f"/proc/{pid}").exists() and len(processes_naming(str(work))) >= 3
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=120) == 128 + signal.SIGTERM
+        assert not Path(f"/proc/{pid}").exists()
+        assert processes_naming(str(work)) == []
+    finally:
+        stop_process(process)
+        for leftover in processes_naming(str(work)):
+            stop_group(leftover)
