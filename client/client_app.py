@@ -8,6 +8,7 @@ site state lives on the site's disk.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,8 @@ from ctan.federation import (
     site_from_node_config,
 )
 from ctan.site import SiteRunner
+
+logger = logging.getLogger(__name__)
 
 APP_ROOT = Path(__file__).resolve().parents[1]
 WEIGHT_KEY = "num-examples"
@@ -50,7 +53,16 @@ def _arrays(message: Message) -> dict[str, np.ndarray]:
 
 @app.query()
 def query(message: Message, context: Context) -> Message:
-    """Tell the server what this site holds and which model it builds."""
+    """Tell the server what this site holds and which model it builds.
+
+    A query carrying ``refused`` is the server's notice that it turned this site away, and why
+    (another model, no labels for the federation's tasks): logged here, where the hospital
+    can act on it, and acknowledged with an empty reply.
+    """
+    notice = message.content.config_records.get("config", ConfigRecord()).get("refused")
+    if notice:
+        logger.error("the server refused this site: %s", notice)
+        return Message(RecordDict(), reply_to=message)
     description = site_runner(context).describe()
     labelled = description.pop("labelled")
     reply = ConfigRecord({k: v for k, v in description.items() if v is not None})

@@ -34,6 +34,8 @@ from server.strategy import build_strategy, groups_to_arrayrecord
 logger = logging.getLogger(__name__)
 
 STATE_NAME = "server-state.pt"
+#: seconds the server waits for refused sites to acknowledge the notice of their refusal
+REFUSAL_NOTICE_TIMEOUT = 30.0
 
 
 class FederationError(RuntimeError):
@@ -127,6 +129,9 @@ def wait_for_nodes(grid: Grid, needed: int, timeout: float) -> list[int]:
 def query_sites(grid: Grid, config: Config, nodes: list[int]) -> list[SiteInfo]:
     """Ask every node what it holds; admit those whose model matches and hold a task.
 
+    A site refused for what it answered is told why (a second ``query`` carrying the reason,
+    which its app logs), so the hospital learns it from its own SuperNode log.
+
     Raises:
         FederationError: fewer than ``min_sites`` sites can be admitted (each refusal named).
     """
@@ -141,12 +146,13 @@ def query_sites(grid: Grid, config: Config, nodes: list[int]) -> list[SiteInfo]:
         for node in nodes
     ]
     replies = list(grid.send_and_receive(messages, timeout=federation.round_timeout))
-    admitted, refused = [], {}
+    admitted, refused, answered = [], {}, set()
     for reply in replies:
         node = reply.metadata.src_node_id
         if reply.has_error():
             refused[node] = f"query failed at the site: {reply.error.reason}"
             continue
+        answered.add(node)
         site = reply.content.config_records["site"]
         counts = reply.content.metric_records.get("counts", {})
         name = str(site["site"])
@@ -172,12 +178,34 @@ def query_sites(grid: Grid, config: Config, nodes: list[int]) -> list[SiteInfo]:
         refused[node] = f"no answer to the query within {federation.round_timeout:.0f} s"
     for node, reason in refused.items():
         logger.error("node %d refused: %s", node, reason)
+    notify_refused(grid, federation.id, {n: r for n, r in refused.items() if n in answered})
     if len(admitted) < federation.min_sites:
         raise FederationError(
             f"{len(admitted)} sites admitted, federation.min_sites is {federation.min_sites}; "
             f"refused: {refused or 'none'}"
         )
     return admitted
+
+
+def notify_refused(grid: Grid, federation: str, refused: Mapping[int, str]) -> None:
+    """Send each refused site the reason, waiting :data:`REFUSAL_NOTICE_TIMEOUT` at most."""
+    if not refused:
+        return
+    messages = [
+        Message(
+            RecordDict({"config": ConfigRecord({"federation": federation, "refused": reason})}),
+            message_type=MessageType.QUERY,
+            dst_node_id=node,
+        )
+        for node, reason in refused.items()
+    ]
+    acknowledged = {
+        r.metadata.src_node_id
+        for r in grid.send_and_receive(messages, timeout=REFUSAL_NOTICE_TIMEOUT)
+        if not r.has_error()
+    }
+    for node in sorted(set(refused) - acknowledged):
+        logger.warning("node %d did not acknowledge the notice of its refusal", node)
 
 
 def _reply_metrics(reply: Message) -> dict[str, float]:

@@ -1,0 +1,110 @@
+"""Site admission: the server's ``query`` answered by the real client app, in this process.
+
+A refused site that answered is sent the reason and logs it; one whose app failed is not.
+
+The grid below carries messages to ``client.client_app.query`` directly instead of over a
+SuperLink (the end-to-end paths are in ``test_simulation.py`` and the deployment tests); what is
+under test is which sites the server admits and what it says about the others.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import pytest
+import yaml
+from factories import derm_config
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from client.client_app import query
+from ctan.config import load_config
+from server.rounds import FederationError, query_sites
+
+
+@pytest.fixture(autouse=True)
+def server_task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Messages take run and node ids from the task identity a ServerApp process sets."""
+    for name, value in {"_task_id": 1, "_run_id": 1, "_node_id": 0}.items():
+        monkeypatch.setattr(TaskIdentity, name, value)
+
+
+class InProcessGrid:
+    """Delivers each ``query`` to the client app of the node it is addressed to.
+
+    ``sites`` maps a node id to (its partition id, the YAML that node's app reads); a node
+    without an entry answers with an error, as a site whose app failed does.
+    """
+
+    def __init__(self, sites: Mapping[int, tuple[int, Path]], state: Path) -> None:
+        self.sites, self.state = dict(sites), state
+
+    def send_and_receive(self, messages: Iterable[Message], timeout: float) -> list[Message]:
+        replies = []
+        for message in messages:
+            node = message.metadata.dst_node_id
+            if node not in self.sites:
+                replies.append(Message(Error(code=0, reason="the app crashed"), reply_to=message))
+                continue
+            partition, path = self.sites[node]
+            context = Context(
+                run_id=1,
+                node_id=node,
+                node_config={"partition-id": partition, "num-partitions": 3},
+                state=RecordDict(),
+                run_config={"config": str(path), "state-dir": str(self.state)},
+            )
+            replies.append(query(message, context))
+        return replies
+
+
+def federation_yaml(ham_phantom: Path, tmp: Path, name: str, min_sites: int, **model) -> Path:
+    raw = derm_config(ham_phantom, tmp).model_dump(mode="json")
+    raw["model"] |= model
+    raw["federation"] = {
+        "id": "admission",
+        "min_sites": min_sites,
+        "partition": {"method": "iid", "num_sites": 3},
+        "sites": [
+            {"name": "a", "tasks": ["lesion", "diagnosis"]},
+            {"name": "b", "tasks": ["lesion"]},
+            {"name": "c", "tasks": ["diagnosis"]},
+        ],
+    }
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_sites_building_another_model_or_failing_are_refused_by_name(
+    ham_phantom: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = federation_yaml(ham_phantom, tmp_path, "server", min_sites=1)
+    wider = federation_yaml(ham_phantom, tmp_path, "wider", min_sites=1, widths=[8, 16, 48])
+    grid = InProcessGrid({1: (0, server), 2: (1, wider)}, tmp_path / "state")
+    with caplog.at_level(logging.ERROR, logger="server.rounds"):
+        admitted = query_sites(grid, load_config(server), [1, 2, 3])
+    assert [(s.node_id, s.name, s.tasks) for s in admitted] == [(1, "a", ["lesion", "diagnosis"])]
+    assert admitted[0].labelled["lesion"] > 0
+    assert "node 2 refused: site 'b' builds a different model" in caplog.text
+    assert "node 3 refused: query failed at the site: the app crashed" in caplog.text
+    site_b = [r for r in caplog.records if r.name == "client.client_app"]
+    assert [r.getMessage().split(" (")[0] for r in site_b] == [
+        "the server refused this site: site 'b' builds a different model"
+    ]
+    assert "did not acknowledge" not in caplog.text
+
+
+def test_too_few_admitted_sites_end_the_run_naming_each_refusal(
+    ham_phantom: Path, tmp_path: Path
+) -> None:
+    server = federation_yaml(ham_phantom, tmp_path, "server", min_sites=2)
+    wider = federation_yaml(ham_phantom, tmp_path, "wider", min_sites=2, widths=[8, 16, 48])
+    grid = InProcessGrid({1: (0, server), 2: (1, wider)}, tmp_path / "state")
+    with pytest.raises(
+        FederationError, match=r"1 sites admitted, federation\.min_sites is 2"
+    ) as err:
+        query_sites(grid, load_config(server), [1, 2])
+    assert "site 'b' builds a different model" in str(err.value)
