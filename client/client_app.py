@@ -53,21 +53,22 @@ def _arrays(message: Message) -> dict[str, np.ndarray]:
 
 @app.query()
 def query(message: Message, context: Context) -> Message:
-    """Tell the server what this site holds and which model it builds.
-
-    A query carrying ``refused`` is the server's notice that it turned this site away, and why
-    (another model, no labels for the federation's tasks): logged here, where the hospital
-    can act on it, and acknowledged with an empty reply.
-    """
-    notice = message.content.config_records.get("config", ConfigRecord()).get("refused")
-    if notice:
-        logger.error("the server refused this site: %s", notice)
-        return Message(RecordDict(), reply_to=message)
+    """Tell the server what this site holds and which model it builds."""
     description = site_runner(context).describe()
     labelled = description.pop("labelled")
     reply = ConfigRecord({k: v for k, v in description.items() if v is not None})
     counts = MetricRecord({f"labelled.{task}": int(n) for task, n in labelled.items()})
     return Message(RecordDict({"site": reply, "counts": counts}), reply_to=message)
+
+
+@app.query("refused")
+def refused(message: Message, context: Context) -> Message:
+    """The server's notice (``query.refused``) that it turned this site away, and why (another
+    model, no labels for the federation's tasks): logged here, where the hospital can act on
+    it, and acknowledged with an empty reply."""
+    reason = message.content.config_records["config"]["reason"]
+    logger.error("the server refused this site: %s", reason)
+    return Message(RecordDict(), reply_to=message)
 
 
 @app.train()

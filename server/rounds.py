@@ -34,6 +34,8 @@ from server.strategy import build_strategy, groups_to_arrayrecord
 logger = logging.getLogger(__name__)
 
 STATE_NAME = "server-state.pt"
+#: the message telling a refused site why (``@app.query("refused")`` in the client app)
+REFUSAL_NOTICE = f"{MessageType.QUERY}.refused"
 #: seconds the server waits for refused sites to acknowledge the notice of their refusal
 REFUSAL_NOTICE_TIMEOUT = 30.0
 
@@ -129,8 +131,8 @@ def wait_for_nodes(grid: Grid, needed: int, timeout: float) -> list[int]:
 def query_sites(grid: Grid, config: Config, nodes: list[int]) -> list[SiteInfo]:
     """Ask every node what it holds; admit those whose model matches and hold a task.
 
-    A site refused for what it answered is told why (a second ``query`` carrying the reason,
-    which its app logs), so the hospital learns it from its own SuperNode log.
+    A site refused for what it answered is told why (a ``query.refused`` message carrying the
+    reason, which its app logs), so the hospital learns it from its own SuperNode log.
 
     Raises:
         FederationError: fewer than ``min_sites`` sites can be admitted (each refusal named).
@@ -193,8 +195,8 @@ def notify_refused(grid: Grid, federation: str, refused: Mapping[int, str]) -> N
         return
     messages = [
         Message(
-            RecordDict({"config": ConfigRecord({"federation": federation, "refused": reason})}),
-            message_type=MessageType.QUERY,
+            RecordDict({"config": ConfigRecord({"federation": federation, "reason": reason})}),
+            message_type=REFUSAL_NOTICE,
             dst_node_id=node,
         )
         for node, reason in refused.items()

@@ -2,9 +2,10 @@
 
 A refused site that answered is sent the reason and logs it; one whose app failed is not.
 
-The grid below carries messages to ``client.client_app.query`` directly instead of over a
-SuperLink (the end-to-end paths are in ``test_simulation.py`` and the deployment tests); what is
-under test is which sites the server admits and what it says about the others.
+The grid below hands messages to the client app (``client.client_app.app``, which routes them
+by message type) directly instead of over a SuperLink (the end-to-end paths are in
+``test_simulation.py`` and the deployment tests); what is under test is which sites the server
+admits and what it says about the others.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from factories import derm_config
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from client.client_app import query
+from client.client_app import app
 from ctan.config import load_config
 from server.rounds import FederationError, query_sites
 
@@ -32,7 +33,7 @@ def server_task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 class InProcessGrid:
-    """Delivers each ``query`` to the client app of the node it is addressed to.
+    """Delivers each message to the client app of the node it is addressed to.
 
     ``sites`` maps a node id to (its partition id, the YAML that node's app reads); a node
     without an entry answers with an error, as a site whose app failed does.
@@ -56,7 +57,7 @@ class InProcessGrid:
                 state=RecordDict(),
                 run_config={"config": str(path), "state-dir": str(self.state)},
             )
-            replies.append(query(message, context))
+            replies.append(app(message, context))
         return replies
 
 
