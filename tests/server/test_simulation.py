@@ -146,16 +146,19 @@ def test_sigterm_stops_every_process_the_simulation_started(ham_phantom: Path, t
     path = write_config(ham_phantom, tmp_path, rounds=50)
     command = [sys.executable, "-m", "server.simulate", "--config", str(path)]
     command += ["--output-dir", str(tmp_path / "out")]
-    process = subprocess.Popen(
-        command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    log = tmp_path / "simulate.log"
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            command, cwd=PROJECT_ROOT, stdout=output, stderr=subprocess.STDOUT, text=True
+        )
     home = None
     try:
-        for line in process.stdout:
-            found = re.search(r"private FLWR_HOME (\S+),", line)
-            home = Path(found.group(1)) if found else home
-            if "submitted" in line:
-                break
+        deadline = time.monotonic() + 180
+        while "submitted" not in log.read_text() and time.monotonic() < deadline:
+            assert process.poll() is None, log.read_text()
+            time.sleep(0.5)
+        found = re.search(r"private FLWR_HOME (\S+),", log.read_text())
+        home = Path(found.group(1)) if found else None
         assert home is not None and processes_of(home), "the SuperLink never started"
         time.sleep(5)
         process.send_signal(signal.SIGTERM)
