@@ -487,7 +487,7 @@ def render_measurements(report: Mapping[str, Any]) -> list[str]:
         lines.append(
             f"- head groups sent: {heads['head_groups'] or 'none'} over {heads['sites_checked']} "
             f"site logs of {heads['runs_checked']} federated runs (heads local)"
-            + _federated_heads_text(heads.get("runs_with_federated_heads", 0))
+            + _federated_heads_text(heads["runs_with_federated_heads"])
         )
     overhead = report.get("overhead", {})
     if overhead:

@@ -142,7 +142,12 @@ def _report() -> dict:
                     "excess": 0.04,
                 }
             },
-            "heads": {"head_groups": [], "sites_checked": 3, "runs_checked": 1},
+            "heads": {
+                "head_groups": [],
+                "sites_checked": 3,
+                "runs_checked": 1,
+                "runs_with_federated_heads": 0,
+            },
             "overhead": {
                 "ratio": math.nan,
                 "rounds": 0,
