@@ -34,7 +34,7 @@ Suites and full-mode sizes (4 hours on 2 CPU cores; estimate in ``docs/benchmark
   sites, 2D 64x64 slices, batch 8, 10 rounds x 1 local epoch (slices make it the costliest suite).
 * ``chest`` (``configs/federated/chest-natural.yaml``): 640 STOIC-layout phantoms, 4 natural
   sites of 160 (half of each its test split), 3D 32^3, batch 8, Adam 3e-4, image heads on the
-  deepest stage, intensity jitter only, 16 rounds x 1 local epoch.
+  deepest stage, intensity jitter only, 48 rounds x 1 local epoch.
 
 ``--quick`` shrinks models (32x32 or 16^3, widths 8-32), trains 1 round on one seed, keeps 12
 OpenKBP patients, runs only CTAN federated (each simulation costs 20-40 s of start-up) and writes
@@ -133,7 +133,7 @@ SUITES: dict[str, Suite] = {
     "openkbp": Suite("configs/federated/openkbp-iid.yaml", 10, QUICK_2D, 1, 12),
     "chest": Suite(
         "configs/federated/chest-natural.yaml",
-        16,
+        48,
         {"image_size": [16, 16, 16], "widths": [8, 16, 32]},
     ),
 }
