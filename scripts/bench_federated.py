@@ -110,11 +110,10 @@ QUICK_2D = {"image_size": [32, 32], "widths": [8, 16, 32]}
 
 @dataclass(frozen=True)
 class Suite:
-    """One benchmark suite: a federated config and how long to train it.
+    """One benchmark suite: a federated config (its rounds are full mode's) and its quick sizes.
 
     Attributes:
         config: the YAML file, relative to the repository root.
-        rounds: federated rounds in full mode (each of the config's ``local_epochs``).
         quick_model: model fields replaced in ``--quick`` mode.
         quick_rounds: rounds in ``--quick`` mode.
         quick_patients: in ``--quick`` mode, read only the first this many patients of an
@@ -122,18 +121,16 @@ class Suite:
     """
 
     config: str
-    rounds: int
     quick_model: dict[str, Any] = field(default_factory=dict)
     quick_rounds: int = 1
     quick_patients: int | None = None
 
 
 SUITES: dict[str, Suite] = {
-    "derm": Suite("configs/federated/derm-natural.yaml", 10, QUICK_2D),
-    "openkbp": Suite("configs/federated/openkbp-iid.yaml", 10, QUICK_2D, 1, 12),
+    "derm": Suite("configs/federated/derm-natural.yaml", QUICK_2D),
+    "openkbp": Suite("configs/federated/openkbp-iid.yaml", QUICK_2D, 1, 12),
     "chest": Suite(
         "configs/federated/chest-natural.yaml",
-        48,
         {"image_size": [16, 16, 16], "widths": [8, 16, 32]},
     ),
 }
@@ -537,7 +534,7 @@ def bench_config(
     from ctan.config import load_config
 
     config = load_config(ROOT / suite.config)
-    rounds = suite.quick_rounds if quick else suite.rounds
+    rounds = suite.quick_rounds if quick else config.federation.rounds
     plain = federation = config.federation.model_copy(update={"rounds": rounds})
     tasks, batch_size = config.tasks, config.train.batch_size
     augmentation = config.train.augmentation
