@@ -302,6 +302,13 @@ class PartitionConfig(_Section):
     num_sites: int | None = Field(default=None, ge=1, description="for iid and dirichlet")
     alpha: float = Field(default=0.5, gt=0.0, description="Dirichlet concentration")
     label: str | None = Field(default=None, description="task whose label Dirichlet skews")
+    stratum: str | None = Field(
+        default=None,
+        description=(
+            "case metadata field Dirichlet skews instead of a task's label, for data whose "
+            "tasks carry no per-case class (OpenKBP: dose_levels)"
+        ),
+    )
     min_cases: int = Field(default=1, ge=1, description="a smaller site is an error")
     seed: int | None = Field(default=None, description="defaults to experiment.seed")
 
@@ -309,8 +316,13 @@ class PartitionConfig(_Section):
     def _check_method(self) -> PartitionConfig:
         if self.method in ("iid", "dirichlet") and self.num_sites is None:
             raise ValueError(f"partition method {self.method!r} needs num_sites")
-        if self.method == "dirichlet" and self.label is None:
-            raise ValueError("partition method 'dirichlet' needs label (the task to skew)")
+        if self.label is not None and self.stratum is not None:
+            raise ValueError("partition takes label or stratum, not both")
+        if self.method == "dirichlet" and self.label is None and self.stratum is None:
+            raise ValueError(
+                "partition method 'dirichlet' needs label (the task to skew) or stratum (a case "
+                "metadata field to skew)"
+            )
         return self
 
 

@@ -48,4 +48,4 @@ def test_the_three_suites_have_their_partitions():
     names = {p.stem for p in ROOT.glob("configs/federated/*.yaml")}
     for suite in ("derm", "chest"):
         assert {f"{suite}-natural", f"{suite}-iid", f"{suite}-dirichlet"} <= names
-    assert {"openkbp-iid", "openkbp-iid-6", "openkbp-phantom-natural"} <= names
+    assert {"openkbp-iid", "openkbp-iid-6", "openkbp-dirichlet", "openkbp-phantom-natural"} <= names

@@ -45,9 +45,14 @@ def _run_partition(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if config.federation is None or not config.federation.sites:
         raise ValueError(f"{args.config} has no federation.sites to partition the data into")
-    label = args.label or config.federation.partition.label
+    partition = config.federation.partition
+    label = args.label or partition.label
     label_key = config.task(label).label if label else None
-    print(format_partition_table(simulated_partition(config), label_key=label_key))
+    stratum = partition.stratum if args.label is None else None
+    table = format_partition_table(
+        simulated_partition(config), label_key=label_key, stratum=stratum
+    )
+    print(table)
     return 0
 
 
@@ -78,11 +83,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Partition the config's data into its federation.sites (federation.partition: site, "
             "iid or dirichlet; labels of tasks a site does not hold removed) and print cases, "
-            "groups and labelled cases per site."
+            "groups and labelled cases per site, and the classes of the label (or the values of "
+            "the metadata field) a Dirichlet partition skews."
         ),
     )
     partition.add_argument("--config", type=Path, required=True, help="federation YAML")
-    partition.add_argument("--label", help="also count the classes of this task per site")
+    partition.add_argument(
+        "--label", help="count the classes of this task per site (default: the partition's)"
+    )
     partition.set_defaults(handler=_run_partition)
 
     synth = commands.add_parser(

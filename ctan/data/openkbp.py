@@ -48,6 +48,7 @@ __all__ = [
     "TARGETS",
     "OpenKBPReader",
     "crop_box",
+    "dose_levels",
     "read_patient",
     "read_sparse",
     "to_native",
@@ -156,6 +157,13 @@ def read_patient(folder: Path) -> dict[str, np.ndarray]:
         if (folder / f"{name}.csv").is_file():
             out[name] = _dense(folder / f"{name}.csv", False)
     return out
+
+
+def dose_levels(files: Mapping[str, Path]) -> str:
+    """The plan's prescription levels in Gy from the target files present (``"56+63+70"``,
+    ``"56+70"``, ``"70"``; ``"none"`` without targets): a per-patient class for partitions,
+    since sites differ in how many dose levels their protocols prescribe."""
+    return "+".join(name.removeprefix("PTV") for name in TARGETS if name in files) or "none"
 
 
 def crop_box(mask_index: np.ndarray) -> tuple[tuple[int, int], ...]:
@@ -281,7 +289,12 @@ class OpenKBPReader(FormatReader):
             "files": files,
             "available": {"dose": (has_dose,), "organs": tuple(o in files for o in ORGANS)},
         }
-        meta = {"patient_id": folder.name, "subset": subset, "crop_box": box}
+        meta = {
+            "patient_id": folder.name,
+            "subset": subset,
+            "crop_box": box,
+            "dose_levels": dose_levels(files),
+        }
         if self.spatial_dims == 3:
             return [Case(case_id=folder.name, meta=meta, **base)]
         z0, z1 = box[2]

@@ -10,7 +10,9 @@ Three ways to say which site holds a case (``PartitionConfig.method``):
     for every class of a label, the class's groups are dealt to the sites in proportions drawn
     from Dirichlet(``alpha``); a small ``alpha`` gives each site a few dominant classes
     (Hsu et al. 2019, "Measuring the effects of non-identical data distribution for federated
-    visual classification").
+    visual classification"). The classes are those of a task's label (``label``) or, for data
+    whose tasks have no per-case class, of a case metadata field (``stratum``: OpenKBP's
+    ``dose_levels``, the prescription levels of the plan).
 
 Whole groups (a lesion, a patient) go to one site, never two. A site with fewer than
 ``min_cases`` cases is an error, not a silent empty client; a Dirichlet draw that leaves a site
@@ -31,6 +33,7 @@ import io
 from collections import Counter
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import replace
+from typing import Literal
 
 import numpy as np
 from rich import box
@@ -62,6 +65,7 @@ def partition_cases(
         seed: the experiment seed; the same seed gives the same partition.
         label_key: the ``Case.labels`` key that ``dirichlet`` skews; defaults to
             ``config.label`` (callers pass the task's label key when it differs from its name).
+            Not used when ``config.stratum`` names a ``Case.meta`` field to skew instead.
         site_names: names of the ``num_sites`` sites for ``iid``/``dirichlet``
             (default ``site_1``, ``site_2``...); not used by ``site``.
 
@@ -86,8 +90,11 @@ def partition_cases(
         if config.method == "iid":
             assignment = _deal_iid(rng, list(groups), [len(g) for g in groups.values()], len(names))
         else:
-            key = label_key or config.label or ""
-            assignment = _deal_dirichlet(rng, groups, key, len(names), config)
+            if config.stratum is not None:
+                key, field = config.stratum, "meta"
+            else:
+                key, field = label_key or config.label or "", "labels"
+            assignment = _deal_dirichlet(rng, groups, key, field, len(names), config)
         partition = {name: [] for name in names}
         for group, site in zip(groups, assignment, strict=True):
             partition[names[site]].extend(groups[group])
@@ -149,6 +156,7 @@ def format_partition_table(
     partition: Mapping[str, Sequence[Case]],
     label_key: str | None = None,
     class_names: Sequence[str] | None = None,
+    stratum: str | None = None,
 ) -> str:
     """A plain-text table of cases, groups and labelled cases per site, for logs and reports.
 
@@ -156,22 +164,24 @@ def format_partition_table(
         partition: site name -> cases.
         label_key: if given, one column per class of this label counts its cases per site.
         class_names: names for integer class indices of ``label_key`` (index -> name).
+        stratum: instead of ``label_key``, one column per value of this ``Case.meta`` field.
 
     Returns:
         The table, one site per row and a total row, without colour codes.
     """
     all_cases = [case for cases in partition.values() for case in cases]
     keys = sorted({key for case in all_cases for key in case.available})
-    classes = sorted({_class_of(c, label_key) for c in all_cases}, key=str) if label_key else []
+    key, field = (stratum, "meta") if stratum is not None else (label_key, "labels")
+    classes = sorted({_class_of(c, key, field) for c in all_cases}, key=str) if key else []
     table = Table(title="cases per site", box=box.SIMPLE_HEAD)
     for column in ("site", "cases", "groups", *(f"{k} labelled" for k in keys)):
         table.add_column(column, justify="left" if column == "site" else "right")
     for value in classes:
-        table.add_column(f"{label_key}={_class_name(value, class_names)}", justify="right")
+        table.add_column(f"{key}={_class_name(value, class_names)}", justify="right")
 
     def row(name: str, cases: Sequence[Case]) -> list[str]:
         labelled = [sum(case.has_label(key) for case in cases) for key in keys]
-        counts = Counter(_class_of(case, label_key) for case in cases) if label_key else {}
+        counts = Counter(_class_of(case, key, field) for case in cases) if key else {}
         cells = [len(cases), len({case.group for case in cases}), *labelled]
         cells += [counts.get(value, 0) for value in classes]
         return [name, *(str(cell) for cell in cells)]
@@ -242,14 +252,21 @@ def _deal_dirichlet(
     rng: np.random.Generator,
     groups: Mapping[str, list[Case]],
     key: str,
+    field: Literal["labels", "meta"],
     sites: int,
     config: PartitionConfig,
 ) -> list[int]:
     """Site index per group: each class's groups split by Dirichlet(alpha) proportions."""
     names = list(groups)
-    labels = [_class_of(members[0], key) for members in groups.values()]
+    labels = [_class_of(members[0], key, field) for members in groups.values()]
     sizes = np.asarray([len(members) for members in groups.values()])
     if all(label == MISSING_LABEL for label in labels):
+        if field == "meta":
+            fields = sorted({name for members in groups.values() for name in members[0].meta})
+            raise ValueError(
+                f"no case has metadata field {key!r} (partition stratum) for the Dirichlet "
+                f"partition; the cases' fields: {fields}" + _hint([key], fields)
+            )
         raise ValueError(f"no case has label {key!r} for the Dirichlet partition")
     by_class: dict[Hashable, list[int]] = {}
     for index, label in enumerate(labels):
@@ -279,7 +296,10 @@ def _check_sizes(partition: Mapping[str, Sequence[Case]], minimum: int, method: 
             )
 
 
-def _class_of(case: Case, key: str | None) -> Hashable:
+def _class_of(case: Case, key: str | None, field: Literal["labels", "meta"] = "labels") -> Hashable:
+    if field == "meta":
+        value = case.meta.get(key) if key else None
+        return MISSING_LABEL if value is None else str(value)
     value = case.labels.get(key) if key else None
     if value is None or (key is not None and not case.has_label(key) and key in case.available):
         return MISSING_LABEL

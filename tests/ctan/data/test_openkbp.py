@@ -54,6 +54,8 @@ def test_layout_lists_slices_with_partial_labels(provided: Path, tmp_path: Path)
     assert first.available["organs"] == (True,) + (False,) * 6
     assert next(c for c in cases if c.group == "pt_3").available["dose"] == (False,)
     assert len([c for c in cases if c.group == "pt_1"]) == 14  # 10 slices + 2 margin each side
+    levels = {c.group: c.meta["dose_levels"] for c in cases}
+    assert levels == {"pt_1": "70", "pt_2": "56", "pt_3": "none"}
 
 
 @pytest.mark.parametrize("dims", [2, 3])
@@ -219,3 +221,22 @@ def test_real_patient_with_missing_structures(tmp_path: Path) -> None:
     off = [i for i, ok in enumerate(sparse.available["organs"]) if not ok]
     assert sample["target_masks"]["organs"][off].sum() == 0
     assert float(sample["targets"]["organs"][off].sum()) == 0.0
+
+
+def test_real_patients_split_by_prescription_levels(capsys: pytest.CaptureFixture[str]) -> None:
+    real_data("openkbp", "train-pats")
+    from ctan.cli import main
+
+    config = Path(__file__).resolve().parents[3] / "configs/federated/openkbp-dirichlet.yaml"
+    assert main(["data", "partition", "--config", str(config)]) == 0
+    rows = {
+        line.split()[0]: [int(cell) for cell in line.split()[1:]]
+        for line in capsys.readouterr().out.splitlines()
+        if line.strip().startswith(("site_", "total"))
+    }
+    # columns: cases, groups, dose and organs labelled, then 56+63+70, 56+70, 70 (slices)
+    assert sorted(rows) == ["site_1", "site_2", "site_3", "total"]
+    assert rows["total"][1] == 36
+    assert sum(rows[site][1] for site in ("site_1", "site_2", "site_3")) == 36
+    mixes = [np.array(rows[site][4:]) / rows[site][0] for site in ("site_1", "site_2", "site_3")]
+    assert max(np.abs(a - b).sum() / 2 for a in mixes for b in mixes) > 0.3

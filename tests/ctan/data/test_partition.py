@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -164,3 +167,52 @@ def test_table_lists_sites_counts_and_classes() -> None:
     groups = len({case.group for case in held["south"]})
     assert south[:3] == ["south", str(len(held["south"])), str(groups)]
     assert "\x1b" not in table
+
+
+def _with_plan_types(cases: list[Case]) -> list[Case]:
+    """The same cases with a per-group metadata class, as OpenKBP's ``dose_levels``."""
+    return [
+        replace(
+            case,
+            meta={"dose_levels": ("70", "56+70", "56+63+70")[int(case.group.split("_")[1]) % 3]},
+        )
+        for case in cases
+    ]
+
+
+def test_dirichlet_can_skew_a_metadata_stratum() -> None:
+    cases = _with_plan_types(make_cases(groups=300))
+    skews = {}
+    for alpha in (100.0, 0.1):
+        config = PartitionConfig(
+            method="dirichlet", num_sites=3, alpha=alpha, stratum="dose_levels", min_cases=5
+        )
+        partition = partition_cases(cases, config, seed=0)
+        assert all(len(groups) == 1 for groups in site_of_groups(partition).values())
+        assert sum(len(part) for part in partition.values()) == len(cases)
+        pooled = Counter(c.meta["dose_levels"] for c in cases)
+        skews[alpha] = max(
+            0.5
+            * sum(
+                abs(Counter(c.meta["dose_levels"] for c in part)[k] / len(part) - n / len(cases))
+                for k, n in pooled.items()
+            )
+            for part in partition.values()
+        )
+    assert skews[100.0] < 0.1 < 0.3 < skews[0.1]
+    table = format_partition_table(partition, stratum="dose_levels")
+    assert "dose_levels=56+63+70" in table and "dose_levels=70" in table
+
+
+def test_unknown_stratum_names_the_fields_cases_have() -> None:
+    cases = _with_plan_types(make_cases(groups=30))
+    config = PartitionConfig(method="dirichlet", num_sites=3, stratum="dose_level")
+    with pytest.raises(ValueError, match=r"metadata field 'dose_level'.*\['dose_levels'\]"):
+        partition_cases(cases, config, seed=0)
+
+
+def test_partition_config_takes_label_or_stratum() -> None:
+    with pytest.raises(ValueError, match=r"needs label .* or stratum"):
+        PartitionConfig(method="dirichlet", num_sites=3)
+    with pytest.raises(ValueError, match="label or stratum, not both"):
+        PartitionConfig(method="dirichlet", num_sites=3, label="diagnosis", stratum="x")
