@@ -131,8 +131,10 @@ def wait_for_nodes(grid: Grid, needed: int, timeout: float) -> list[int]:
 def query_sites(grid: Grid, config: Config, nodes: list[int]) -> list[SiteInfo]:
     """Ask every node what it holds; admit those whose model matches and hold a task.
 
-    A site refused for what it answered is told why (a ``query.refused`` message carrying the
-    reason, which its app logs), so the hospital learns it from its own SuperNode log.
+    The admitted sites come in site-name order, whatever order the replies arrived in, so the
+    console, the report and the model card list them alike from run to run. A site refused for
+    what it answered is told why (a ``query.refused`` message carrying the reason, which its app
+    logs), so the hospital learns it from its own SuperNode log.
 
     Raises:
         FederationError: fewer than ``min_sites`` sites can be admitted (each refusal named).
@@ -186,7 +188,7 @@ def query_sites(grid: Grid, config: Config, nodes: list[int]) -> list[SiteInfo]:
             f"{len(admitted)} sites admitted, federation.min_sites is {federation.min_sites}; "
             f"refused: {refused or 'none'}"
         )
-    return admitted
+    return sorted(admitted, key=lambda site: site.name)
 
 
 def notify_refused(grid: Grid, federation: str, refused: Mapping[int, str]) -> None:

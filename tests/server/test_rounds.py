@@ -98,6 +98,15 @@ def test_sites_building_another_model_or_failing_are_refused_by_name(
     assert "did not acknowledge" not in caplog.text
 
 
+def test_admitted_sites_come_in_name_order_whatever_the_reply_order(
+    ham_phantom: Path, tmp_path: Path
+) -> None:
+    server = federation_yaml(ham_phantom, tmp_path, "server", min_sites=3)
+    grid = InProcessGrid({1: (2, server), 2: (0, server), 3: (1, server)}, tmp_path / "state")
+    admitted = query_sites(grid, load_config(server), [1, 2, 3])
+    assert [(s.name, s.node_id) for s in admitted] == [("a", 2), ("b", 3), ("c", 1)]
+
+
 def test_too_few_admitted_sites_end_the_run_naming_each_refusal(
     ham_phantom: Path, tmp_path: Path
 ) -> None:
