@@ -171,17 +171,19 @@ def format_partition_table(
     """
     all_cases = [case for cases in partition.values() for case in cases]
     keys = sorted({key for case in all_cases for key in case.available})
-    key, field = (stratum, "meta") if stratum is not None else (label_key, "labels")
-    classes = sorted({_class_of(c, key, field) for c in all_cases}, key=str) if key else []
+    class_key, field = (stratum, "meta") if stratum is not None else (label_key, "labels")
+    classes = (
+        sorted({_class_of(c, class_key, field) for c in all_cases}, key=str) if class_key else []
+    )
     table = Table(title="cases per site", box=box.SIMPLE_HEAD)
     for column in ("site", "cases", "groups", *(f"{k} labelled" for k in keys)):
         table.add_column(column, justify="left" if column == "site" else "right")
     for value in classes:
-        table.add_column(f"{key}={_class_name(value, class_names)}", justify="right")
+        table.add_column(f"{class_key}={_class_name(value, class_names)}", justify="right")
 
     def row(name: str, cases: Sequence[Case]) -> list[str]:
         labelled = [sum(case.has_label(key) for case in cases) for key in keys]
-        counts = Counter(_class_of(case, key, field) for case in cases) if key else {}
+        counts = Counter(_class_of(case, class_key, field) for case in cases) if class_key else {}
         cells = [len(cases), len({case.group for case in cases}), *labelled]
         cells += [counts.get(value, 0) for value in classes]
         return [name, *(str(cell) for cell in cells)]
