@@ -45,6 +45,31 @@ wait_for_port() {
     return 1
 }
 
+# PIDs of the helpers Flower started detached from process PARENT (flower-superexec
+# --parent-pid PARENT): each leads a session of its own, with the ServerApp or ClientApp
+# processes it runs, so signalling PARENT's process group does not reach them.
+flower_helpers_of() {
+    local parent="$1" entry cmdline
+    for entry in /proc/[0-9]*; do
+        cmdline="$(tr '\0' ' ' <"${entry}/cmdline" 2>/dev/null)" || continue
+        [[ "${cmdline}" == *" --parent-pid ${parent} "* ]] && echo "${entry#/proc/}"
+    done
+    return 0
+}
+
+# True while process LEADER or a member of its process group is running: a zombie (waiting
+# for its parent to reap it) holds nothing and does not count.
+group_running() {
+    local leader="$1" entry stat state pgrp
+    for entry in /proc/[0-9]*; do
+        read -r stat <"${entry}/stat" 2>/dev/null || continue
+        read -r state _ pgrp _ <<<"${stat##*) }"
+        [[ "${state}" != "Z" && ("${pgrp}" == "${leader}" || "${entry}" == "/proc/${leader}") ]] \
+            && return 0
+    done
+    return 1
+}
+
 # Offline and quiet Flower processes: no telemetry, no update check, no `uv sync` at run time.
 flower_offline_env() {
     export FLWR_TELEMETRY_ENABLED=0

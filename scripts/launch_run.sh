@@ -74,7 +74,15 @@ if [[ ${FOLLOW} -eq 0 ]]; then
     echo "follow it with: FLWR_HOME=${CLI_HOME} flwr log ${RUN_ID} ${CONNECTION} --stream"
     exit 0
 fi
-FLWR_HOME="${CLI_HOME}" "${FLOWER_CMD}" log "${RUN_ID}" "${CONNECTION}" --stream || true
+# Follow in the background so a signal to this script also ends the follower (the run itself
+# goes on: stop_run.sh stops it); a background job of a script ignores SIGINT otherwise.
+FLWR_HOME="${CLI_HOME}" "${FLOWER_CMD}" log "${RUN_ID}" "${CONNECTION}" --stream &
+FOLLOWER=$!
+trap 'kill "${FOLLOWER}" 2>/dev/null; exit 130' INT
+trap 'kill "${FOLLOWER}" 2>/dev/null; exit 143' TERM
+trap 'kill "${FOLLOWER}" 2>/dev/null; exit 129' HUP
+wait "${FOLLOWER}" || true
+trap - INT TERM HUP
 
 status() {
     FLWR_HOME="${CLI_HOME}" "${FLOWER_CMD}" ls "${CONNECTION}" --run-id "${RUN_ID}" --format json \

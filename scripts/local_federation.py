@@ -71,16 +71,28 @@ def script_env(home: Path | None = None) -> dict[str, str]:
 def run_script(
     name: str, *args: str, cwd: Path, timeout: float = 60
 ) -> subprocess.CompletedProcess:
-    """Run ``scripts/<name>`` to completion, capturing its output."""
-    return subprocess.run(
-        ["bash", str(SCRIPTS / name), *args],
+    """Run ``scripts/<name>`` to completion, capturing its output.
+
+    The script runs in a session of its own. When waiting for it ends early (its timeout, or
+    SIGTERM turned into ``SystemExit``), its whole process group is stopped, so no Flower CLI
+    it started (``flwr log --stream`` holds a connection the SuperLink waits for) outlives it.
+    """
+    command = ["bash", str(SCRIPTS / name), *args]
+    process = subprocess.Popen(
+        command,
         cwd=cwd,
         env=script_env(),
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
-        check=False,
+        start_new_session=True,
     )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except BaseException:
+        stop_process(process)
+        raise
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 def free_port() -> int:
@@ -227,9 +239,8 @@ class LocalFederation:
         if self._superlink_pid is not None:
             helpers = children_of(self._superlink_pid)
             run_script("stop_superlink.sh", "--home", str(self.home), cwd=self.work)
-            stop_group(self._superlink_pid)
-            for helper in helpers:
-                wait_until(lambda h=helper: not Path(f"/proc/{h}").exists(), 15, "SuperExec exit")
+            for group in (self._superlink_pid, *helpers):
+                stop_group(group)
             self._superlink_pid = None
 
     def make_key(self, name: str) -> Path:

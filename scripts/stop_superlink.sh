@@ -8,8 +8,9 @@ usage() {
     cat <<USAGE
 Usage: $(basename "$0") [--home DIR] [--timeout SECONDS]
 
-Stop the SuperLink whose PID file is DIR/superlink.pid (default ./coordinator): SIGTERM to its
-process group (the SuperLink and the ServerApp processes it started), SIGKILL after the timeout
+Stop the SuperLink whose PID file is DIR/superlink.pid (default ./coordinator) and the helpers
+it started (its SuperExec and the ServerApp of a run in progress, which live in sessions of their
+own): SIGTERM to each of their process groups, SIGKILL to those still running after the timeout
 (default 20 s). Refuses a PID that is not a flower-superlink (a stale file after a reboot).
 USAGE
 }
@@ -35,14 +36,35 @@ if ! kill -0 "${PID}" 2>/dev/null; then
 fi
 tr '\0' ' ' <"/proc/${PID}/cmdline" | grep -q "flower-superlink" \
     || die "PID ${PID} from ${PID_FILE} is not a flower-superlink; not stopping it"
-kill -TERM -- "-${PID}" 2>/dev/null || kill -TERM "${PID}"
-for ((i = 0; i < TIMEOUT * 10; i++)); do
-    kill -0 "${PID}" 2>/dev/null || break
-    sleep 0.1
-done
-if kill -0 "${PID}" 2>/dev/null; then
-    warn "SuperLink did not stop within ${TIMEOUT} s; sending SIGKILL"
-    kill -KILL -- "-${PID}" 2>/dev/null || kill -KILL "${PID}"
+mapfile -t HELPERS < <(flower_helpers_of "${PID}")
+PROCESS_GROUPS=("${PID}" "${HELPERS[@]}")
+
+signal_groups() {
+    local group
+    for group in "${PROCESS_GROUPS[@]}"; do
+        kill "-$1" -- "-${group}" 2>/dev/null || kill "-$1" "${group}" 2>/dev/null || true
+    done
+}
+
+# Wait up to $1 seconds for every group to end; false if one still runs.
+wait_groups() {
+    local i group running
+    for ((i = 0; i < $1 * 5; i++)); do
+        running=0
+        for group in "${PROCESS_GROUPS[@]}"; do
+            group_running "${group}" && running=1 && break
+        done
+        ((running)) || return 0
+        sleep 0.2
+    done
+    return 1
+}
+
+signal_groups TERM
+if ! wait_groups "${TIMEOUT}"; then
+    warn "SuperLink or its helpers did not stop within ${TIMEOUT} s; sending SIGKILL"
+    signal_groups KILL
+    wait_groups 10 || warn "processes of the SuperLink's groups ${PROCESS_GROUPS[*]} still run"
 fi
 rm -f "${PID_FILE}"
-echo "SuperLink (PID ${PID}) stopped"
+echo "SuperLink (PID ${PID}) stopped, with ${#HELPERS[@]} helper process group(s)"

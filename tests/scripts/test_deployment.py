@@ -132,9 +132,8 @@ def test_insecure_superlink_needs_the_flag_and_warns(tmp_path: Path) -> None:
         if pid is not None:
             helpers = children_of(pid)
             stopped = run_script("stop_superlink.sh", "--home", str(home), cwd=tmp_path)
-            stop_group(pid)
-            for helper in helpers:
-                wait_until(lambda h=helper: not Path(f"/proc/{h}").exists(), 15, "SuperExec exit")
+            for group in (pid, *helpers):
+                stop_group(group)
     assert stopped.returncode == 0, stopped.stderr
     assert not Path(f"/proc/{pid}").exists()
 
@@ -416,11 +415,15 @@ def test_certificate_check_only_warns_when_nothing_answers(tmp_path: Path) -> No
 
 
 def processes_naming(text: str) -> list[int]:
-    """PIDs of live processes whose command line contains ``text``."""
+    """PIDs of live processes whose command line or environment contains ``text``.
+
+    The environment finds what the command line does not name: Flower's helpers and the
+    ``flwr`` CLI carry the ``FLWR_HOME`` under the work folder they were started with.
+    """
     found = []
     for entry in Path("/proc").glob("[0-9]*"):
         try:
-            if text.encode() in (entry / "cmdline").read_bytes():
+            if any(text.encode() in (entry / part).read_bytes() for part in ("cmdline", "environ")):
                 found.append(int(entry.name))
         except OSError:
             continue
