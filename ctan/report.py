@@ -248,7 +248,9 @@ def write_federated_report(
         "![learning curves](federated_curves.png)",
         "",
         "Round log: `metrics.csv` / `metrics.jsonl` (long format: round, split, name, "
-        "value); TensorBoard events: `tensorboard/`. Global model: `global_model.pt`.",
+        "value); TensorBoard events: `tensorboard/`. Global model: `global_model.pt` (last "
+        "round) and `best_global_model.pt` (the round with the lowest validation loss over the "
+        "sites); each site keeps its personalised `model.pt` and `best.pt` in its state folder.",
         "",
     ]
     report = folder / "report.md"

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ctan import __version__
-from ctan.checkpoint import atomic_write_bytes, save_checkpoint
+from ctan.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
 from ctan.config import Config, DataConfig, PrivacyConfig
 from ctan.data.base import Case
 from ctan.engine import (
@@ -38,7 +38,7 @@ from ctan.engine import (
 from ctan.losses import class_weights_from_cases, logit_adjustments_from_cases
 from ctan.models import build_model, parameter_groups, trainable_groups
 from ctan.models.groups import ENCODER_GROUP, group_of
-from ctan.training import companions
+from ctan.training import companions, validation_score
 
 logger = logging.getLogger(__name__)
 
@@ -364,7 +364,8 @@ class SiteRunner:
     ) -> tuple[dict[str, float], dict[str, int]]:
         """Score the site's personalised model (server groups + its own heads) on ``split``.
 
-        Also writes the personalised model to ``<site state>/model.pt`` (a ctan checkpoint).
+        Also writes the personalised model to ``<site state>/model.pt`` (a ctan checkpoint)
+        and, on the validation split, keeps the best round's in ``best.pt``.
 
         Returns:
             ``({"<task>.<metric>": value, "<task>.loss": value}, {task: labelled cases})`` for
@@ -394,7 +395,39 @@ class SiteRunner:
             {"round": server_round, split: metrics},
             {"site": self.site.name, "round": server_round},
         )
+        if split == "validation":
+            losses = {t: evaluation.losses[t] for t in self.site.tasks}
+            self._keep_best(server_round, model, metrics, validation_score(losses))
         return metrics, counts
+
+    def _keep_best(
+        self, server_round: int, model: torch.nn.Module, metrics: Mapping[str, float], score: float
+    ) -> None:
+        """``best.pt``: the personalised model of the round with the lowest validation loss
+        (mean over the site's tasks), the rule centralised training keeps ``best.pt`` by.
+
+        A best of this round or a later one is left from an interrupted or earlier run of the
+        federation and is replaced.
+        """
+        path = self.folder / "best.pt"
+        if path.is_file():
+            try:
+                kept = load_checkpoint(path).extra
+            except ValueError as err:
+                logger.warning("site %s: replacing unreadable %s: %s", self.site.name, path, err)
+            else:
+                if (
+                    kept.get("round", server_round) < server_round
+                    and kept.get("validation-loss", float("inf")) <= score
+                ):
+                    return
+        save_checkpoint(
+            path,
+            model,
+            self.config,
+            {"round": server_round, "validation": dict(metrics)},
+            {"site": self.site.name, "round": server_round, "validation-loss": score},
+        )
 
 
 def _group_count(group: str, labelled: Mapping[str, int], samples: int) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -162,7 +163,7 @@ def train_centralised(
             train_scalars |= {f"{t}/weight": v for t, v in epoch_log.weights.items()}
             log.log(epoch, "train", train_scalars, seconds=epoch_log.seconds)
             log.log(epoch, "validation", validation.flat())
-            score = _mean_finite(validation.losses.values())
+            score = validation_score(validation.losses)
             metrics = {"epoch": epoch, "validation": validation.metrics}
             save_checkpoint(last_path, trainer.model, config, metrics, {"epoch": epoch})
             if score < best_loss:
@@ -201,8 +202,13 @@ def train_centralised(
     return RunResult(folder, best_path, test, best_validation, epoch_seconds)
 
 
-def _mean_finite(values: Any) -> float:
-    finite = [v for v in values if math.isfinite(v)]
+def validation_score(losses: Mapping[str, float]) -> float:
+    """What model selection minimises: the mean of the finite validation task losses.
+
+    Centralised training keeps its ``best.pt`` by it, and so do a federated site (its
+    personalised model) and the server (the shared groups); ``inf`` when no loss is finite.
+    """
+    finite = [v for v in losses.values() if math.isfinite(v)]
     return sum(finite) / len(finite) if finite else math.inf
 
 

@@ -10,6 +10,7 @@ round number, the strategy state and the seed atomically, so :func:`run_federati
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -28,12 +29,15 @@ from ctan.config import Config
 from ctan.models import build_model, parameter_groups
 from ctan.report import RunLog, write_federated_report
 from ctan.site import model_signature, signature_difference, signature_digest
+from ctan.training import validation_score
 from server.aggregation import split_groups, travelling_groups
 from server.strategy import build_strategy, groups_to_arrayrecord
 
 logger = logging.getLogger(__name__)
 
 STATE_NAME = "server-state.pt"
+#: the shared groups of the round with the lowest validation loss over the sites
+BEST_MODEL_NAME = "best_global_model.pt"
 #: the message telling a refused site why (``@app.query("refused")`` in the client app)
 REFUSAL_NOTICE = f"{MessageType.QUERY}.refused"
 #: seconds the server waits for refused sites to acknowledge the notice of their refusal
@@ -284,12 +288,13 @@ def run_federation(grid: Grid, config: Config, resume: bool = False) -> Federati
     state = model.state_dict()
     keys = [k for g, ks in all_groups.items() if g in groups for k in ks]
     arrays = {k: state[k].numpy() for k in keys}
-    first = 1
+    first, best = 1, {"round": 0, "validation-loss": math.inf}
     if resume:
         if not state_path.is_file():
             raise FederationError(f"nothing to resume: {state_path} does not exist")
         saved = load_state(state_path)
         arrays, first, folder = saved["arrays"], saved["round"] + 1, saved["folder"]
+        best = saved.get("best", best)
         strategy.load_state_dict(saved["strategy"])
         console.print(f"resuming federation {federation.id} after round {saved['round']}")
     else:
@@ -307,9 +312,16 @@ def run_federation(grid: Grid, config: Config, resume: bool = False) -> Federati
     log = RunLog(folder, tensorboard=True)
     try:
         for server_round in range(first, federation.rounds + 1):
-            arrays = _one_round(
+            arrays, validation = _one_round(
                 server_round, arrays, strategy, admitted, config, names, log, console
             )
+            score = validation_score(
+                {t.name: validation.get(f"{t.name}.loss", math.nan) for t in config.tasks}
+            )
+            if score < best["validation-loss"]:
+                best = {"round": server_round, "validation-loss": score}
+                extra = best | {"rounds": federation.rounds}
+                _save_global_model(folder / BEST_MODEL_NAME, model, arrays, config, extra)
             _save_state(
                 state_path,
                 {
@@ -318,32 +330,42 @@ def run_federation(grid: Grid, config: Config, resume: bool = False) -> Federati
                     "folder": folder,
                     "arrays": arrays,
                     "strategy": strategy.state_dict(),
+                    "best": best,
                 },
             )
     finally:
         log.close()
-    final = model.state_dict()
-    for key, value in arrays.items():
-        final[key] = torch.from_numpy(np.array(value))
-    model.load_state_dict(final)
-    note = (
-        "federated heads"
-        if federation.heads == "federated"
-        else (
-            "heads are local to each site: this model's heads are untrained; each site's "
-            "personalised model is <state dir>/<federation id>/<site>/model.pt"
-        )
-    )
-    save_checkpoint(
-        folder / "global_model.pt",
-        model,
-        config,
-        {},
-        {"rounds": federation.rounds, "heads": federation.heads, "note": note},
+    _save_global_model(
+        folder / "global_model.pt", model, arrays, config, {"rounds": federation.rounds}
     )
     write_federated_report(folder, config, [s.__dict__ for s in sites])
     console.print(f"run folder: {folder}")
     return FederationResult(folder, federation.rounds, arrays, sites)
+
+
+def _save_global_model(
+    path: Path,
+    model: torch.nn.Module,
+    arrays: Mapping[str, np.ndarray],
+    config: Config,
+    extra: Mapping[str, Any],
+) -> None:
+    """The travelling groups in ``arrays`` over ``model`` as a ctan checkpoint at ``path``."""
+    weights = model.state_dict()
+    for key, value in arrays.items():
+        weights[key] = torch.from_numpy(np.array(value))
+    model.load_state_dict(weights)
+    heads = config.federation.heads
+    note = (
+        "federated heads"
+        if heads == "federated"
+        else (
+            "heads are local to each site: this model's heads are untrained; each site's "
+            "personalised model is <state dir>/<federation id>/<site>/model.pt (best.pt: its "
+            "best round)"
+        )
+    )
+    save_checkpoint(path, model, config, {}, {**extra, "heads": heads, "note": note})
 
 
 def _one_round(
@@ -355,7 +377,13 @@ def _one_round(
     names: Mapping[int, str],
     log: RunLog,
     console: Console,
-) -> dict[str, np.ndarray]:
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Train, aggregate and validate one round.
+
+    Returns:
+        ``(the new travelling arrays, validation metrics over the sites)``: the metrics are
+        weighted by labelled cases per task (``{}`` when no evaluation reply was usable).
+    """
     federation = config.federation
     start = time.perf_counter()
     record = groups_to_arrayrecord(split_groups(arrays))
@@ -407,12 +435,13 @@ def _one_round(
         shown = {k.split(".")[0]: round(metrics[k], 3) for k in primaries if k in metrics}
         summary.append(f"{site} {shown}")
     aggregated = strategy.aggregate_evaluate(server_round, eval_good)
-    if aggregated is not None:
-        log.log(
-            server_round,
-            "validation/all",
-            {k: float(v) for k, v in aggregated.items() if isinstance(v, (int, float))},
-        )
+    validation = (
+        {}
+        if aggregated is None
+        else {k: float(v) for k, v in aggregated.items() if isinstance(v, (int, float))}
+    )
+    if validation:
+        log.log(server_round, "validation/all", validation)
     log.log(
         server_round,
         "round",
@@ -426,4 +455,4 @@ def _one_round(
         f"round {server_round}/{federation.rounds} "
         f"({time.perf_counter() - start:.1f} s): " + "; ".join(summary)
     )
-    return arrays
+    return arrays, validation

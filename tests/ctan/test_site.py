@@ -10,6 +10,7 @@ import pytest
 import torch
 from factories import derm_config, make_config, with_scale
 
+from ctan.checkpoint import load_checkpoint
 from ctan.config import load_config
 from ctan.federation import (
     config_from_run_config,
@@ -97,6 +98,24 @@ def test_site_state_is_versioned_by_round_and_restored(fed, tmp_path):
     metrics, counts = restarted.evaluate_round(2, arrays)
     assert "lesion.dice" in metrics and counts["lesion"] > 0
     assert (site.folder / "model.pt").is_file()
+
+
+def test_best_round_is_kept_by_validation_loss(fed, tmp_path):
+    site = runner(fed, 0, tmp_path)
+    arrays = travelling(fed)
+    site.train_round(1, arrays)
+    site.evaluate_round(1, arrays)
+    first = load_checkpoint(site.folder / "best.pt").extra
+    assert first["round"] == 1 and np.isfinite(first["validation-loss"])
+    rng = np.random.default_rng(0)
+    spoilt = {k: v + rng.normal(0, 5, v.shape).astype(v.dtype) for k, v in arrays.items()}
+    site.evaluate_round(2, spoilt)
+    site.evaluate_round(3, spoilt, split="test")
+    assert load_checkpoint(site.folder / "model.pt").extra["round"] == 3
+    assert load_checkpoint(site.folder / "best.pt").extra == first
+    site.evaluate_round(1, spoilt)
+    rerun = load_checkpoint(site.folder / "best.pt").extra
+    assert rerun["round"] == 1 and rerun["validation-loss"] > first["validation-loss"]
 
 
 def test_describe_and_signature(fed, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -106,6 +107,36 @@ def test_metrics_logged_and_report_written(two_rounds):
     assert (run / "federated_curves.png").stat().st_size > 0
 
 
+def mean_losses(rows: list[dict], split: str) -> dict[int, float]:
+    """Round -> mean of the task losses of the ``split`` rows (what model selection uses)."""
+    return {
+        row["step"]: float(np.mean([v for k, v in row.items() if k.endswith(".loss")]))
+        for row in rows
+        if row["split"] == split
+    }
+
+
+def best_round(output: Path) -> int:
+    run = next((output / "sim-test").glob("run-*"))
+    return load_checkpoint(run / "best_global_model.pt").extra["round"]
+
+
+def test_best_round_kept_by_validation_loss(two_rounds):
+    _, output = two_rounds
+    run = next((output / "sim-test").glob("run-*"))
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    overall = mean_losses(rows, "validation/all")
+    assert sorted(overall) == [1, 2]
+    best = load_checkpoint(run / "best_global_model.pt").extra
+    assert best["round"] == min(overall, key=overall.get)
+    assert best["validation-loss"] == pytest.approx(overall[best["round"]])
+    for site in ("rosendahl", "vidir_modern", "vidir_molemax"):
+        own = mean_losses(rows, f"validation/{site}")
+        kept = load_checkpoint(output / "site-state" / "sim-test" / site / "best.pt")
+        assert kept.extra["round"] == min(own, key=own.get), site
+        assert kept.extra["validation-loss"] == pytest.approx(min(own.values()))
+
+
 def test_resumed_run_matches_uninterrupted(two_rounds, ham_phantom: Path, tmp_path: Path):
     _, output = two_rounds
     path = write_config(ham_phantom, tmp_path, rounds=2)
@@ -114,6 +145,7 @@ def test_resumed_run_matches_uninterrupted(two_rounds, ham_phantom: Path, tmp_pa
     assert load_state(interrupted / "sim-test" / "server-state.pt")["round"] == 1
     assert simulate(path, 2, interrupted, None, resume=True, keep_home=False) == 0
     expected, resumed = final_arrays(output), final_arrays(interrupted)
+    assert best_round(interrupted) == best_round(output)
     assert sorted(expected) == sorted(resumed)
     for key in expected:
         np.testing.assert_array_equal(resumed[key], expected[key], err_msg=key)
