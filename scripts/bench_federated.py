@@ -517,6 +517,11 @@ def subset_root(source: Path, patients: int, folder: Path) -> Path:
         (p for p in source.rglob("pt_*") if p.is_dir()),
         key=lambda p: int(p.name.split("_")[-1]),
     )[:patients]
+    if not found:
+        raise FileNotFoundError(
+            f"{source}: no OpenKBP patients (pt_N folders) to take {patients} from; point the "
+            "suite config's data.root (relative to the config's folder) at the OpenKBP data"
+        )
     target = folder / f"openkbp-{patients}" / "train-pats"
     target.mkdir(parents=True, exist_ok=True)
     for patient in found:

@@ -481,3 +481,9 @@ def test_records_of_a_second_checkout_compare_equal(monkeypatch):
     there = bench.suite_record(suite, config.model_copy(update={"data": data}), [0], {})
     assert here["sizes"]["data_root"] == str(inside)
     assert all(here[k] == there[k] for k in bench.SETTINGS_KEYS)
+
+
+def test_subset_of_missing_openkbp_data_names_the_source(tmp_path: Path):
+    with pytest.raises(FileNotFoundError, match="no OpenKBP patients.*data.root"):
+        bench.subset_root(tmp_path / "nowhere", 12, tmp_path / "work")
+    assert not (tmp_path / "work").exists()
