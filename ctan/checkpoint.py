@@ -133,6 +133,25 @@ def load_checkpoint(path: Path, config: Config | None = None) -> Checkpoint:
     )
 
 
+def require_trained_heads(checkpoint: Checkpoint, path: Path) -> None:
+    """Refuse a federated run's global model whose heads stayed at the sites.
+
+    With ``federation.heads: local`` the server never sees a head, so the heads in its
+    ``global_model.pt`` are untrained and would score or predict noise.
+
+    Raises:
+        ValueError: the checkpoint is such a model (the message names what to use instead).
+    """
+    if checkpoint.extra.get("heads") == "local":
+        raise ValueError(
+            f"{str(path)!r} holds a federation's shared groups only: its heads stayed local to "
+            "the sites (federation.heads: local), so the heads in it are untrained. Use a "
+            "site's personalised model, <state dir>/<federation id>/<site>/model.pt (last "
+            "round) or best.pt (its best round), or train with federation.heads: federated "
+            "for one global model."
+        )
+
+
 def checkpoint_mismatch(saved: Config, config: Config) -> list[str]:
     """Differences between the model and tasks of two configs, one message each."""
     problems = []

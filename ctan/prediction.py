@@ -20,7 +20,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ctan.checkpoint import Checkpoint, atomic_write_bytes, load_checkpoint
+from ctan.checkpoint import (
+    Checkpoint,
+    atomic_write_bytes,
+    load_checkpoint,
+    require_trained_heads,
+)
 from ctan.config import Config, load_config
 from ctan.data.base import Case
 from ctan.engine import Evaluation, TaskTrainer, make_loader
@@ -76,11 +81,13 @@ def evaluate_checkpoint(
     """Score a checkpoint on a split of its own data, or of another config's data section.
 
     Raises:
-        ValueError: the other config has no data section, or the split is empty.
+        ValueError: the other config has no data section, the split is empty, or the checkpoint
+            is a federated global model without trained heads.
     """
     from ctan.training import prepare_splits
 
     saved = load_checkpoint(checkpoint)
+    require_trained_heads(saved, checkpoint)
     config = saved.config
     if data_config is not None:
         other = load_config(data_config)
@@ -293,9 +300,11 @@ def predict_to_folder(checkpoint: Path, input_path: Path, out: Path) -> list[Pat
 
     Raises:
         FileNotFoundError: ``input_path`` does not exist.
-        ValueError: no usable image in ``input_path``, or an image of the wrong dimensionality.
+        ValueError: no usable image in ``input_path``, an image of the wrong dimensionality,
+            or a federated global model without trained heads.
     """
     saved = load_checkpoint(checkpoint)
+    require_trained_heads(saved, checkpoint)
     config = saved.config
     input_path = Path(input_path)
     if not input_path.exists():

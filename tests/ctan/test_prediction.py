@@ -114,6 +114,21 @@ def test_predict_refuses_a_missing_input(kbp):
         predict_to_folder(checkpoint, tmp / "nowhere", tmp / "o")
 
 
+def test_a_global_model_with_local_heads_is_refused(kbp):
+    config, root, tmp = kbp
+    extra = {"heads": "local", "rounds": 2}
+    checkpoint = save_checkpoint(tmp / "global.pt", build_model(config), config, {}, extra)
+    with pytest.raises(ValueError, match=r"heads stayed local.*best\.pt"):
+        evaluate_checkpoint(checkpoint, split="all")
+    with pytest.raises(ValueError, match="heads stayed local"):
+        predict_to_folder(checkpoint, root, tmp / "refused")
+    assert not (tmp / "refused").exists()
+    federated = save_checkpoint(
+        tmp / "global-heads.pt", build_model(config), config, {}, extra | {"heads": "federated"}
+    )
+    assert predict_to_folder(federated, root, tmp / "predicted")
+
+
 def test_native_organ_dice_is_per_patient_and_contoured_organs_only(kbp):
     config, root, _ = kbp
     reference = read_patient(root / "train-pats" / "pt_1")

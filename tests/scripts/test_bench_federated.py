@@ -484,6 +484,6 @@ def test_records_of_a_second_checkout_compare_equal(monkeypatch):
 
 
 def test_subset_of_missing_openkbp_data_names_the_source(tmp_path: Path):
-    with pytest.raises(FileNotFoundError, match="no OpenKBP patients.*data.root"):
+    with pytest.raises(FileNotFoundError, match=r"no OpenKBP patients.*data\.root"):
         bench.subset_root(tmp_path / "nowhere", 12, tmp_path / "work")
     assert not (tmp_path / "work").exists()
