@@ -152,6 +152,7 @@ def write_federated_report(
     config: Any,
     sites: list[Mapping[str, Any]],
     centralised: Mapping[str, Mapping[str, float]] | None = None,
+    best: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``report.md``, ``model_card.md`` and plots of a federated run folder.
 
@@ -160,6 +161,7 @@ def write_federated_report(
         config: the run's :class:`ctan.config.Config`.
         sites: the admitted sites (``name``, ``tasks``, ``labelled``, ``code_version``).
         centralised: test metrics of a centralised run of the same config, if there is one.
+        best: the round ``best_global_model.pt`` holds (``round``, ``validation-loss``).
 
     Returns:
         The report's path.
@@ -243,6 +245,12 @@ def write_federated_report(
     lines += traffic
     if rounds:
         lines += ["", f"Mean round wall time: {sum(v for _, v in rounds) / len(rounds):.1f} s."]
+    if best is not None and best.get("round"):
+        lines += [
+            "",
+            f"Best round by validation loss over the sites: {best['round']} (mean task loss "
+            f"{best['validation-loss']:.4f}), kept as `best_global_model.pt`.",
+        ]
     lines += [
         "",
         "![learning curves](federated_curves.png)",

@@ -338,7 +338,7 @@ def run_federation(grid: Grid, config: Config, resume: bool = False) -> Federati
     _save_global_model(
         folder / "global_model.pt", model, arrays, config, {"rounds": federation.rounds}
     )
-    write_federated_report(folder, config, [s.__dict__ for s in sites])
+    write_federated_report(folder, config, [s.__dict__ for s in sites], best=best)
     console.print(f"run folder: {folder}")
     return FederationResult(folder, federation.rounds, arrays, sites)
 

@@ -130,6 +130,8 @@ def test_best_round_kept_by_validation_loss(two_rounds):
     best = load_checkpoint(run / "best_global_model.pt").extra
     assert best["round"] == min(overall, key=overall.get)
     assert best["validation-loss"] == pytest.approx(overall[best["round"]])
+    report = (run / "report.md").read_text()
+    assert f"Best round by validation loss over the sites: {best['round']} " in report
     for site in ("rosendahl", "vidir_modern", "vidir_molemax"):
         own = mean_losses(rows, f"validation/{site}")
         kept = load_checkpoint(output / "site-state" / "sim-test" / site / "best.pt")
