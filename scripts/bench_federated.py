@@ -63,6 +63,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import functools
 import hashlib
 import json
 import logging
@@ -74,7 +75,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -378,8 +379,14 @@ def render_table(suite: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def render_section(report: Mapping[str, Any]) -> str:
-    """The markdown of the whole report (what goes between the markers)."""
+def render_section(report: Mapping[str, Any], stale: Mapping[str, str] | None = None) -> str:
+    """The markdown of the whole report (what goes between the markers).
+
+    Args:
+        report: the results file's JSON.
+        stale: per suite, why its table no longer measures its config (:func:`stale_suites`);
+            each such suite gets a warning and the command that measures it again.
+    """
     machine = report["machine"]
     mode = "quick (smoke check, tiny sizes)" if report["quick"] else "full"
     change = report.get("ablation")
@@ -406,6 +413,7 @@ def render_section(report: Mapping[str, Any]) -> str:
             f"train/validation/test (seed {suite['seeds'][0]}): {sites}; "
             f"{suite['wall_seconds'] / 60:.1f} min{'' if suite['complete'] else ' (incomplete)'}.",
             "",
+            *_stale_text((stale or {}).get(name)),
             render_table(suite),
             "",
             *_reused_text(suite),
@@ -418,6 +426,11 @@ def render_section(report: Mapping[str, Any]) -> str:
     if not report.get("ablation"):
         lines += render_measurements(report)
     return "\n".join(lines)
+
+
+def _stale_text(reason: str | None) -> list[str]:
+    """A warning line for a suite whose table is not today's (see :func:`stale_suites`)."""
+    return [] if reason is None else [f"**Not current:** {reason}.", ""]
 
 
 def _reused_text(suite: Mapping[str, Any]) -> list[str]:
@@ -531,6 +544,10 @@ def subset_root(source: Path, patients: int, folder: Path) -> Path:
     return target.parent
 
 
+class AblationInConfig(ValueError):
+    """An ablation's change is already the suite config's own setting."""
+
+
 def bench_config(
     suite: Suite, quick: bool, seed: int, work: Path, ablation: str | None = None
 ) -> Any:
@@ -565,7 +582,7 @@ def bench_config(
         config.train.augmentation,
     )
     if ablation is not None and unchanged:
-        raise ValueError(
+        raise AblationInConfig(
             f"ablation {ablation!r} changes nothing in {suite.config}; it already has it"
         )
     updates: dict[str, Any] = {
@@ -802,8 +819,9 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def suite_record(suite: Suite, config: Any, seeds: Sequence[int], splits: Mapping) -> dict:
-    """The JSON skeleton of one suite: config, sizes, tasks and site split sizes."""
+def suite_settings(suite: Suite, config: Any) -> dict[str, Any]:
+    """What a suite's results depend on apart from the seed (the ``SETTINGS_KEYS`` of its
+    record): config file, tasks, sizes, rounds, strategy and the settings digests."""
     from ctan.tasks import METRICS
 
     return {
@@ -828,6 +846,12 @@ def suite_record(suite: Suite, config: Any, seeds: Sequence[int], splits: Mappin
         "local_epochs": config.federation.local_epochs,
         "strategy": config.federation.strategy,
         "digests": config_digests(config),
+    }
+
+
+def suite_record(suite: Suite, config: Any, seeds: Sequence[int], splits: Mapping) -> dict:
+    """The JSON skeleton of one suite: its :func:`suite_settings` and site split sizes."""
+    return suite_settings(suite, config) | {
         "seeds": list(seeds),
         "site_sizes": {
             site: "/".join(str(len(s[p])) for p in ("train", "validation", "test"))
@@ -879,6 +903,96 @@ def left_right_swaps(config: Any) -> dict[str, list[list[int]]]:
 
 
 SETTINGS_KEYS = ("config", "tasks", "sizes", "rounds", "local_epochs", "strategy", "digests")
+
+
+NOT_RECORDED = object()
+SCALAR_SETTINGS = ("config", "rounds", "local_epochs", "strategy")
+
+
+def settings_changes(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """How a stored suite record's settings differ from ``current`` (a :func:`suite_settings`),
+    in words: ``batch_size 32 → 8``, ``diagnosis.class_weights None → balanced``, and last
+    ``not recorded then: strategy, lesion`` for the fields a record older than them lacks (it
+    cannot be shown to match). The digests are named only when nothing visible explains them.
+    Empty when the record measures the current settings."""
+    stored_tasks = {t["name"]: t.get("spec", NOT_RECORDED) for t in stored.get("tasks", [])}
+    current_tasks = {t["name"]: t["spec"] for t in current["tasks"]}
+    sizes = stored.get("sizes", {})
+    pairs = [
+        *((key, stored.get(key, NOT_RECORDED), current[key]) for key in SCALAR_SETTINGS),
+        *((key, sizes.get(key, NOT_RECORDED), value) for key, value in current["sizes"].items()),
+    ]
+    for task, spec in current_tasks.items():
+        old = stored_tasks.get(task, {})
+        if old is NOT_RECORDED:
+            pairs.append((f"{task} task settings", NOT_RECORDED, spec))
+        else:
+            pairs += [(f"{task}.{key}", old.get(key, NOT_RECORDED), v) for key, v in spec.items()]
+    changed = [(name, old, new) for name, old, new in pairs if old != new]
+    changes = [
+        *(f"task {task} dropped" for task in stored_tasks.keys() - current_tasks.keys()),
+        *(f"task {task} added" for task in current_tasks.keys() - stored_tasks.keys()),
+        *(f"{name} {old} → {new}" for name, old, new in changed if old is not NOT_RECORDED),
+    ]
+    unknown = [name for name, old, _ in changed if old is NOT_RECORDED]
+    if not changes and not unknown:
+        digests = stored.get("digests") or {}
+        changes = [
+            f"other {kind} settings (digest)"
+            for kind, value in current["digests"].items()
+            if digests.get(kind) != value
+        ]
+    return changes + ([f"not recorded then: {', '.join(unknown)}"] if unknown else [])
+
+
+def current_settings(name: str, ablation: str | None) -> dict[str, Any]:
+    """The :func:`suite_settings` a full-mode run of suite ``name`` would record now.
+
+    Raises:
+        AblationInConfig: the suite's config already has the ``ablation``'s change.
+        ValueError: the config is invalid.
+        OSError: the suite's data cannot be read.
+    """
+    config = bench_config(SUITES[name], False, 0, ROOT / "runs" / "bench", ablation)
+    return suite_settings(SUITES[name], config)
+
+
+def stale_suites(
+    report: Mapping[str, Any],
+    ablation: str | None,
+    settings_of: Callable[[str, str | None], dict[str, Any]] = current_settings,
+) -> dict[str, str]:
+    """The suites of a full-mode ``report`` that do not measure what their configs give now,
+    each with the reason and what to do, in words, so that a table is not read as today's
+    after a config or the code changed. Quick reports (a smoke check) are not compared."""
+    if report.get("quick"):
+        return {}
+    reasons: dict[str, str] = {}
+    for name, record in report.get("suites", {}).items():
+        if name not in SUITES:
+            continue
+        rerun = f"`python scripts/bench_federated.py --suite {name}"
+        rerun += f" --ablation {ablation}` measures it again" if ablation else "` measures it again"
+        try:
+            changes = settings_changes(record, settings_of(name, ablation))
+        except AblationInConfig as err:
+            reasons[name] = f"{err}, so the main results measure it"
+            continue
+        except (ValueError, OSError) as err:
+            reasons[name] = f"not compared with the current config ({err})"
+            continue
+        if changes:
+            reasons[name] = (
+                f"measured with settings that `{SUITES[name].config}` no longer gives "
+                f"({'; '.join(changes)}); {rerun}"
+            )
+    return reasons
+
+
+def ablation_of(stem: str) -> str | None:
+    """The ablation of a results file stem (see :func:`report_tag`), ``None`` for the main one."""
+    rest = stem.removeprefix("bench_federated").removeprefix("_quick")
+    return rest.removeprefix("_") or None
 
 
 def merge_earlier_seeds(stored: Mapping[str, Any] | None, fresh: dict[str, Any]) -> dict[str, Any]:
@@ -959,6 +1073,7 @@ class Report:
         self.federated_runs: dict[str, dict[str, Any]] = {
             run["name"]: run for run in self.data.get("federated_runs", [])
         }
+        self.current_settings = functools.cache(current_settings)
 
     def reusable(self, suite: str, record: Mapping[str, Any]) -> dict[tuple[str, int], dict]:
         """:func:`reusable_runs` of ``suite`` over the other results files; where two files
@@ -1016,7 +1131,8 @@ class Report:
         safe = json_safe(self.data)
         write_text(self.path, json.dumps(safe, indent=1) + "\n")
         section = report_tag(self.quick, self.ablation)
-        write_sections(self.docs, {section: render_section(safe)})
+        stale = stale_suites(safe, self.ablation, self.current_settings)
+        write_sections(self.docs, {section: render_section(safe, stale)})
 
 
 def other_reports(path: Path, quick: bool, ablation: str | None) -> dict[str, dict[str, Any]]:
@@ -1223,7 +1339,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--ablation compares models only; it takes no overhead runs")
     if args.render:
         written = render_stored(
-            RESULTS, args.docs, "bench_federated", lambda r, _: render_section(r)
+            RESULTS,
+            args.docs,
+            "bench_federated",
+            lambda report, stem: render_section(report, stale_suites(report, ablation_of(stem))),
         )
         print(f"rewrote the sections {', '.join(written)} of {args.docs}")
         return 0

@@ -487,3 +487,73 @@ def test_subset_of_missing_openkbp_data_names_the_source(tmp_path: Path):
     with pytest.raises(FileNotFoundError, match=r"no OpenKBP patients.*data\.root"):
         bench.subset_root(tmp_path / "nowhere", 12, tmp_path / "work")
     assert not (tmp_path / "work").exists()
+
+
+@pytest.fixture(scope="module")
+def derm_settings() -> dict:
+    """What a full derm run would record now (reads the config, trains nothing)."""
+    return bench.current_settings("derm", None)
+
+
+def test_a_record_of_the_current_settings_is_current(derm_settings):
+    assert bench.settings_changes(json.loads(json.dumps(derm_settings)), derm_settings) == []
+
+
+def test_settings_changes_name_each_field_with_its_old_and_new_value(derm_settings):
+    stored = json.loads(json.dumps(derm_settings))
+    stored["sizes"]["batch_size"] = 32
+    stored["rounds"] = 4
+    stored["tasks"][1]["spec"]["class_weights"] = "balanced"
+    changes = bench.settings_changes(stored, derm_settings)
+    now = derm_settings["sizes"]["batch_size"], derm_settings["rounds"]
+    assert changes == [
+        f"rounds 4 → {now[1]}",
+        f"batch_size 32 → {now[0]}",
+        "diagnosis.class_weights balanced → None",
+    ]
+
+
+def test_an_older_record_names_what_it_did_not_record(derm_settings):
+    stored = json.loads(json.dumps(derm_settings))
+    del stored["strategy"], stored["digests"], stored["tasks"][0]["spec"]
+    assert bench.settings_changes(stored, derm_settings) == [
+        "not recorded then: strategy, lesion task settings"
+    ]
+
+
+def test_a_change_only_the_digests_see_is_named_by_them(derm_settings):
+    stored = json.loads(json.dumps(derm_settings))
+    stored["digests"]["training"] = "0" * 64
+    assert bench.settings_changes(stored, derm_settings) == ["other training settings (digest)"]
+
+
+def test_stale_suites_say_why_and_how_to_measure_again(derm_settings):
+    stored = json.loads(json.dumps(derm_settings)) | {"runs": []}
+    older = stored | {"sizes": stored["sizes"] | {"batch_size": 32}}
+    report = {"quick": False, "suites": {"derm": older, "chest": stored}}
+
+    def settings_of(name: str, ablation: str | None) -> dict:
+        assert ablation == "balanced"
+        if name == "chest":
+            raise bench.AblationInConfig("ablation 'balanced' changes nothing; it already has it")
+        return derm_settings
+
+    stale = bench.stale_suites(report, "balanced", settings_of)
+    assert stale["derm"].startswith("measured with settings that ")
+    assert f"(batch_size 32 → {derm_settings['sizes']['batch_size']})" in stale["derm"]
+    assert stale["derm"].endswith("--suite derm --ablation balanced` measures it again")
+    assert stale["chest"].endswith("it already has it, so the main results measure it")
+    assert bench.stale_suites(report | {"quick": True}, "balanced", settings_of) == {}
+    assert bench.stale_suites({"suites": {"derm": stored}}, None, lambda n, a: derm_settings) == {}
+
+
+def test_an_ablation_the_config_already_has_is_refused(tmp_path: Path):
+    with pytest.raises(bench.AblationInConfig, match="already has it"):
+        bench.bench_config(bench.SUITES["derm"], False, 0, tmp_path, "logit-adjusted")
+
+
+def test_a_stale_suite_is_marked_in_its_section():
+    report = _report() | {"quick": False}
+    section = bench.render_section(report, {"openkbp": "measured with settings that x no longer"})
+    assert "\n**Not current:** measured with settings that x no longer.\n" in section
+    assert "Not current" not in bench.render_section(report)

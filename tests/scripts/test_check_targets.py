@@ -1,10 +1,11 @@
-"""scripts/check_targets.py on temporary result files: pass, fail and not measured."""
+"""scripts/check_targets.py on temporary result files: pass, fail, stale and not measured."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import bench_federated
 import check_targets as targets
 import pytest
 
@@ -50,11 +51,16 @@ def test_incomplete_suite_or_null_value_is_not_measured(tmp_path: Path) -> None:
     assert _by_name(tmp_path)["mtl/derm: CTAN Δm vs STL (%)"].status == "not measured"
 
 
+def _federated(suite: str, complete: bool, **checks: float) -> dict:
+    """A suite record of the settings its config gives now, with ``checks``."""
+    settings = bench_federated.current_settings(suite, None)
+    return settings | {"complete": complete, "seeds": [0, 1, 2], "checks": checks}
+
+
 def test_federated_targets_wait_for_every_seed(tmp_path: Path) -> None:
-    checks = {"fed_over_central": 0.99, "fed_over_alone": 0.9}
     suites = {
-        "derm": {"complete": True, "seeds": [0, 1, 2], "checks": checks},
-        "openkbp": {"complete": False, "seeds": [0], "checks": checks},
+        "derm": _federated("derm", True, fed_over_central=0.99, fed_over_alone=0.9),
+        "openkbp": _federated("openkbp", False, fed_over_central=0.99) | {"seeds": [0]},
     }
     (tmp_path / "bench_federated.json").write_text(json.dumps({"suites": suites}))
     outcomes = _by_name(tmp_path)
@@ -62,6 +68,16 @@ def test_federated_targets_wait_for_every_seed(tmp_path: Path) -> None:
     assert outcomes["federated/derm: federated CTAN / sites alone (worst task)"].status == "fail"
     waiting = outcomes["federated/openkbp: federated / centralised CTAN (worst task)"]
     assert waiting.status == "not measured" and "seeds run: [0]" in waiting.note
+
+
+def test_a_federated_suite_measured_with_other_settings_is_stale(tmp_path: Path) -> None:
+    derm = _federated("derm", True, fed_over_central=0.99, fed_over_alone=1.2)
+    derm["sizes"] = derm["sizes"] | {"batch_size": 1000}
+    (tmp_path / "bench_federated.json").write_text(json.dumps({"suites": {"derm": derm}}))
+    outcome = _by_name(tmp_path)["federated/derm: federated / centralised CTAN (worst task)"]
+    assert outcome.status == "stale" and outcome.value == pytest.approx(0.99)
+    assert "batch_size 1000 → " in outcome.note and "--suite derm`" in outcome.note
+    assert targets.main(["--results", str(tmp_path), "--strict"]) == 1
 
 
 def test_model_and_data_targets(tmp_path: Path) -> None:
