@@ -97,12 +97,14 @@ def _save_state(path: Path, payload: Mapping[str, Any]) -> None:
         "folder": str(payload["folder"]),
         "arrays": tensors(payload["arrays"]),
         "strategy": tensors(payload["strategy"]),
+        "best": dict(payload["best"]),
     }
     atomic_write_bytes(path, lambda f: torch.save(data, f))
 
 
 def load_state(path: Path) -> dict[str, Any]:
-    """A saved server state: round, seed, run folder, global arrays, strategy state."""
+    """A saved server state: round, seed, run folder, global arrays, strategy state and the
+    best round so far (by validation loss)."""
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import signal
 import subprocess
@@ -144,7 +145,9 @@ def test_resumed_run_matches_uninterrupted(two_rounds, ham_phantom: Path, tmp_pa
     path = write_config(ham_phantom, tmp_path, rounds=2)
     interrupted = tmp_path / "out"
     assert simulate(path, 1, interrupted, None, resume=False, keep_home=False) == 0
-    assert load_state(interrupted / "sim-test" / "server-state.pt")["round"] == 1
+    saved = load_state(interrupted / "sim-test" / "server-state.pt")
+    assert saved["round"] == 1 and saved["best"]["round"] == 1
+    assert saved["best"]["validation-loss"] < math.inf
     assert simulate(path, 2, interrupted, None, resume=True, keep_home=False) == 0
     expected, resumed = final_arrays(output), final_arrays(interrupted)
     assert best_round(interrupted) == best_round(output)
