@@ -88,7 +88,7 @@ def train(message: Message, context: Context) -> Message:
                 {k: Array(np.ascontiguousarray(v)) for k, v in output.arrays.items()}
             ),
             "metrics": MetricRecord(metrics),
-            "config": ConfigRecord({"tasks": list(runner.site.tasks), "site": runner.site.name}),
+            "config": ConfigRecord({"tasks": runner.held_tasks(), "site": runner.site.name}),
         }
     )
     return Message(reply, reply_to=message)

@@ -192,6 +192,13 @@ class SiteRunner:
             if t.name in self.site.tasks
         }
 
+    def held_tasks(self) -> list[str]:
+        """The site's tasks with training labels: those it trains, reports and scores. A task
+        listed for the site but without labels in its training split is left out (``describe``
+        says so), since an update for it would carry no labelled examples."""
+        counts = self.labelled_counts()
+        return [t for t in self.site.tasks if counts[t] > 0]
+
     def describe(self) -> dict[str, Any]:
         """What the site holds, for the server's ``query``: tasks, counts, versions, model."""
         model = build_model(self.config)
@@ -210,7 +217,7 @@ class SiteRunner:
             )
         return {
             "site": self.site.name,
-            "tasks": [t for t in self.site.tasks if t not in lacking],
+            "tasks": self.held_tasks(),
             "tasks-without-labels": lacking,
             "labelled": counts,
             "code-version": __version__,
@@ -241,6 +248,12 @@ class SiteRunner:
             raise ValueError(f"site state {path} cannot be read: {err}") from err
 
     def _save_state(self, server_round: int, model: torch.nn.Module, trainer: TaskTrainer) -> None:
+        """Save this round's heads and optimiser state; keep the ``KEEP_ROUNDS`` newest rounds.
+
+        States of later rounds are left by an earlier run of the federation (a new run counts
+        from round 1 again) or by a round the server never completed before a resume; both
+        are removed, so that no later round restores them.
+        """
         groups = parameter_groups(model)
         local_keys = [k for g, ks in groups.items() if g.startswith("heads.") for k in ks]
         state = model.state_dict()
@@ -254,7 +267,9 @@ class SiteRunner:
         saved = sorted(
             int(m.group(1)) for p in self.folder.iterdir() if (m := STATE_FILE.match(p.name))
         )
-        for old in saved[:-KEEP_ROUNDS]:
+        earlier = [r for r in saved if r <= server_round]
+        stale = earlier[:-KEEP_ROUNDS] + [r for r in saved if r > server_round]
+        for old in stale:
             self._state_path(old).unlink(missing_ok=True)
 
     def _log_payload(
@@ -313,7 +328,8 @@ class SiteRunner:
         from ctan.data.dataset import CaseDataset
 
         model, previous = self._prepared(server_round, global_arrays, newest=server_round)
-        trained = trainable_groups(model, self.site.tasks)
+        tasks = self.held_tasks()
+        trained = trainable_groups(model, tasks)
         device = resolve_device(self.site.device)
         train_cases = self.splits()["train"]
         trainer = TaskTrainer(
@@ -354,7 +370,7 @@ class SiteRunner:
             "train-seconds": float(sum(log.seconds for log in logs)),
             "samples": float(logs[-1].samples),
         }
-        for task in self.site.tasks:
+        for task in tasks:
             metrics[f"{task}.loss"] = float(logs[-1].losses[task])
         self._log_payload("train", server_round, arrays, {"counts": counts})
         return RoundOutput(arrays, counts, metrics, returned)
@@ -382,12 +398,13 @@ class SiteRunner:
             model, self.config.tasks, self.config.train, device, companions=companions(self.config)
         )
         evaluation = evaluate_cases(trainer, self.config, cases)
+        tasks = self.held_tasks()
         metrics: dict[str, float] = {}
-        for task in self.site.tasks:
+        for task in tasks:
             for name, value in evaluation.metrics[task].items():
                 metrics[f"{task}.{name}"] = float(value)
             metrics[f"{task}.loss"] = float(evaluation.losses[task])
-        counts = {t: evaluation.labelled[t] for t in self.site.tasks}
+        counts = {t: evaluation.labelled[t] for t in tasks}
         save_checkpoint(
             self.folder / "model.pt",
             model,
@@ -396,7 +413,7 @@ class SiteRunner:
             {"site": self.site.name, "round": server_round},
         )
         if split == "validation":
-            losses = {t: evaluation.losses[t] for t in self.site.tasks}
+            losses = {t: evaluation.losses[t] for t in tasks}
             self._keep_best(server_round, model, metrics, validation_score(losses))
         return metrics, counts
 

@@ -100,6 +100,30 @@ def test_site_state_is_versioned_by_round_and_restored(fed, tmp_path):
     assert (site.folder / "model.pt").is_file()
 
 
+def test_a_new_run_does_not_restore_the_states_of_an_earlier_longer_run(fed, tmp_path):
+    site = runner(fed, 0, tmp_path)
+    arrays = travelling(fed)
+    site.train_round(1, arrays)
+    earlier = site.folder / "round-0001.pt"
+    for old_round in (18, 19, 20):
+        (site.folder / f"round-{old_round:04d}.pt").write_bytes(earlier.read_bytes())
+    rerun = runner(fed, 0, tmp_path)
+    rerun.train_round(1, arrays)
+    assert sorted(p.name for p in site.folder.glob("round-*.pt")) == ["round-0001.pt"]
+    new = torch.load(earlier, weights_only=True)
+    round_, restored = rerun.latest_state(before=2)
+    assert round_ == 1
+    assert all(torch.equal(restored["local"][k], v) for k, v in new["local"].items())
+    for round_ in (2, 3, 4, 5):
+        (site.folder / f"round-{round_:04d}.pt").write_bytes(earlier.read_bytes())
+    rerun.train_round(5, arrays)
+    assert sorted(p.name for p in site.folder.glob("round-*.pt")) == [
+        "round-0003.pt",
+        "round-0004.pt",
+        "round-0005.pt",
+    ]
+
+
 def test_best_round_is_kept_by_validation_loss(fed, tmp_path):
     site = runner(fed, 0, tmp_path)
     arrays = travelling(fed)
@@ -178,6 +202,18 @@ def test_site_without_labels_for_its_tasks_reports_none(fed, tmp_path, caplog):
     assert info["tasks"] == [] and info["tasks-without-labels"] == ["diagnosis"]
     assert "no labels for ['diagnosis']" in caplog.text
     assert "the server will refuse this site" in caplog.text
+
+
+def test_site_trains_and_reports_only_the_tasks_it_has_labels_for(fed, tmp_path):
+    site = SiteRunner(fed, simulated_site(fed, 0, tmp_path), simulated_site_cases(fed, "b"))
+    assert site.site.tasks == ("lesion", "diagnosis") and site.held_tasks() == ["lesion"]
+    assert site.describe()["tasks"] == ["lesion"]
+    output = site.train_round(1, travelling(fed))
+    assert output.groups == ["encoder", "task.lesion"]
+    assert output.counts["task.diagnosis"] == 0 and output.counts["task.lesion"] > 0
+    assert not any(k.startswith("diagnosis.") for k in output.metrics)
+    metrics, counts = site.evaluate_round(1, travelling(fed))
+    assert list(counts) == ["lesion"] and not any(k.startswith("diagnosis.") for k in metrics)
 
 
 def test_site_asking_for_privacy_refuses_to_train_without_it(fed, tmp_path):
