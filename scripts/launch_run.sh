@@ -14,14 +14,14 @@ its run config at the coordinator's YAML, then stream the run's log until it end
 that it really completed ("flwr run --stream" exits 0 even when a run failed). Exit status 0
 only for a completed run.
 
-The YAML travels inside the app bundle, so it must lie inside the app folder (for example
-configs/my-federation.yaml); every site reads the same file from the bundle, with its own data
-from its node config. The run folder (report, model card, round log, checkpoints, server state
+The YAML travels inside the app bundle, so it must lie in the configs/ folder of the app (for
+example configs/my-federation.yaml: the bundle holds the code and configs/ only); every site
+reads the same file from the bundle, with its own data from its node config. The run folder (report, model card, round log, checkpoints, server state
 for --resume) is written on the SuperLink host under --output-dir/<federation id>/.
 
   --home DIR        coordinator folder (default ./coordinator)
   --app DIR         the app folder to bundle (default: this project)
-  --config YAML     the experiment YAML with a federation section, inside the app folder
+  --config YAML     the experiment YAML with a federation section, in the app's configs/
   --output-dir DIR  where run folders go on this host (default: DIR/runs under --home)
   --rounds N        override federation.rounds
   --resume          continue the federation's interrupted run after its last completed round
@@ -58,8 +58,8 @@ flower_offline_env
 flower_on_path flwr
 CONFIG_ABS="$(cd "$(dirname "${CONFIG}")" && pwd)/$(basename "${CONFIG}")"
 case "${CONFIG_ABS}" in
-    "${APP}"/*) CONFIG_IN_APP="${CONFIG_ABS#"${APP}"/}" ;;
-    *) die "${CONFIG} is outside the app folder ${APP}; put it there (e.g. configs/) so it travels in the app bundle" ;;
+    "${APP}"/configs/*) CONFIG_IN_APP="${CONFIG_ABS#"${APP}"/}" ;;
+    *) die "${CONFIG} is outside ${APP}/configs; put it there so it travels in the app bundle" ;;
 esac
 OUTPUT="$(absolute "${OUTPUT:-${HOME_DIR}/runs}")"
 RUN_CONFIG="config=\"${CONFIG_IN_APP}\" output-dir=\"${OUTPUT}\" rounds=${ROUNDS} resume=${RESUME}"

@@ -7,6 +7,7 @@ Every process is stopped by its PID (process group) in a finalizer, also when a 
 
 from __future__ import annotations
 
+import io
 import shutil
 import signal
 import socket
@@ -14,6 +15,7 @@ import stat
 import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -195,6 +197,32 @@ def test_join_refuses_open_or_wrong_private_keys(tmp_path: Path) -> None:
         "register_site.sh", "--home", str(tmp_path), str(tmp_path / "ed"), cwd=tmp_path
     )
     assert result.returncode != 0 and "not an OpenSSH ECDSA public key" in result.stderr
+
+
+def test_app_bundle_holds_the_code_and_configs_only(tmp_path: Path) -> None:
+    """What ``flwr run`` sends to every site, built from a copy of the tracked files with a
+    coordinator folder inside it, as the guide's layout leaves one after a few runs."""
+    from flwr.cli.build import build_fab_from_disk
+
+    tracked = (
+        subprocess.run(["git", "ls-files", "-z"], cwd=local.ROOT, capture_output=True, check=True)
+        .stdout.decode()
+        .split("\0")
+    )
+    app = tmp_path / "app"
+    for name in filter(None, tracked):
+        (app / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(local.ROOT / name, app / name)
+    nested = app / "coordinator" / "superlink" / "apps" / "a" / "b" / "c" / "d" / "e" / "f" / "g"
+    nested.mkdir(parents=True)
+    (nested / "deep.py").write_text("")
+    fab = build_fab_from_disk(app)
+    with zipfile.ZipFile(io.BytesIO(fab)) as bundle:
+        names = bundle.namelist()
+    tops = {name.split("/")[0] for name in names}
+    assert tops == {".info", "pyproject.toml", "LICENSE", "ctan", "client", "server", "configs"}
+    assert {"server/server_app.py", "client/client_app.py", "configs/demo.yaml"} <= set(names)
+    assert len(fab) < 10 * 2**20
 
 
 def test_wheelhouse_dry_run_pins_installed_versions(tmp_path: Path) -> None:
