@@ -357,6 +357,22 @@ class ServerSGDConfig(_Section):
     momentum: float = Field(default=0.0, ge=0.0, lt=1.0, description="server momentum")
 
 
+class RobustConfig(_Section):
+    """Limits on how far one site's update moves a round (both off by default): against a
+    faulty or poisoned site, at the cost of some accuracy when the sites' data differ."""
+
+    norm_bound: float | None = Field(
+        default=None, gt=0.0, description="clip each site's update of a group to this L2 norm"
+    )
+    trim_beta: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=0.5,
+        description="fraction of the sites cut at each end, per coordinate, before an unweighted "
+        "mean (0: the weighted mean)",
+    )
+
+
 class FederationConfig(_Section):
     """Rounds, strategy and aggregation of a federated run."""
 
@@ -372,6 +388,7 @@ class FederationConfig(_Section):
         default=None, description="fedavgm only; defaults (lr 1, no momentum) when left out"
     )
     min_sites: int = Field(default=2, ge=1)
+    robust: RobustConfig = Field(default_factory=RobustConfig)
     heads: Literal["local", "federated"] = "local"
     round_timeout: float = Field(default=600.0, gt=0.0)
     partition: PartitionConfig = Field(default_factory=PartitionConfig)

@@ -77,6 +77,18 @@ flower_offline_env() {
     export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
 }
 
+# True when the certificate PEM lists HOST (a name or an IP address) among its names.
+certificate_covers() {
+    local pem="$1" host="$2" option=-checkhost
+    [[ "${host}" =~ ^[0-9.]+$ || "${host}" == *:* ]] && option=-checkip
+    openssl x509 -in "${pem}" -noout "${option}" "${host}" 2>/dev/null | grep -q " does match "
+}
+
+# True when HOST is a loopback address (or localhost).
+is_loopback() {
+    [[ "$1" == localhost || "$1" == ::1 || "$1" == 127.* ]]
+}
+
 require_file() {
     [[ -f "$1" ]] || die "$2 not found: $1"
 }
@@ -129,12 +141,14 @@ check_superlink_certificate() {
         *"hostname mismatch"* | *"IP address mismatch"*)
             die "the SuperLink certificate at ${address} does not cover '${host}' (it covers:" \
                 "${names:-no subject alternative names}); dial one of those names, or ask the" \
-                "coordinator to remake it with make_certificates.sh including DNS:${host} or IP:${host}" ;;
+                "coordinator to reissue it with make_certificates.sh --server-only, adding DNS:${host} or" \
+                "IP:${host}" ;;
         *"unable to get local issuer"* | *"self-signed"* | *"self signed"* | *"certificate signature failure"*)
             die "the certificate at ${address} is not signed by the CA in ${ca}; ask the" \
                 "coordinator for the federation's ca.crt (or check that ${address} is the SuperLink)" ;;
         *"certificate has expired"*)
-            die "the SuperLink certificate at ${address} has expired; ask the coordinator to renew it" ;;
+            die "the SuperLink certificate at ${address} has expired; ask the coordinator to renew it" \
+                "(make_certificates.sh --server-only keeps the CA you have)" ;;
         *)
             die "TLS handshake with ${address} failed (is it the SuperLink's TLS port?):" \
                 "$(grep -m1 -i 'error' <<<"${output}" || echo "${output}" | tail -n 1)" ;;

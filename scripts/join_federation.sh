@@ -92,10 +92,11 @@ require_file "${KEY}" "private key"
 MODE="$(stat -c '%a' "${KEY}")"
 (( (8#${MODE} & 8#077) == 0 )) \
     || die "private key ${KEY} has mode ${MODE}, readable by others; run: chmod 600 ${KEY}"
-grep -q -- "-----BEGIN OPENSSH PRIVATE KEY-----\|-----BEGIN EC PRIVATE KEY-----" "${KEY}" \
-    || die "${KEY} is not an OpenSSH/PEM private key; make one with scripts/make_site_key.sh"
-PUBLIC="$(ssh-keygen -y -f "${KEY}" 2>/dev/null)" \
-    || die "${KEY} cannot be read as a private key (wrong format or passphrase-protected)"
+grep -q -- "-----BEGIN OPENSSH PRIVATE KEY-----" "${KEY}" \
+    || die "${KEY} is not an OpenSSH private key, the only format flower-supernode reads; make" \
+        "one with scripts/make_site_key.sh, or convert a PEM key with: ssh-keygen -p -N '' -f ${KEY}"
+PUBLIC="$(ssh-keygen -y -P "" -f "${KEY}" 2>/dev/null)" \
+    || die "${KEY} cannot be read as a private key (damaged or passphrase-protected)"
 [[ "${PUBLIC}" == ecdsa-sha2-nistp* ]] \
     || die "${KEY} is a ${PUBLIC%% *} key; SuperNode authentication needs ECDSA (make_site_key.sh)"
 

@@ -28,4 +28,12 @@ while [[ $# -gt 0 ]]; do
 done
 coordinator_paths "${HOME_ARG}"
 flower_offline_env
-FLWR_HOME="${CLI_HOME}" "$(flower_bin flwr)" supernode list "${FORMAT[@]}" "${CONNECTION}"
+if [[ ${#FORMAT[@]} -eq 0 ]]; then
+    FLWR_HOME="${CLI_HOME}" "$(flower_bin flwr)" supernode list "${CONNECTION}"
+    exit
+fi
+# With --format json, flwr prints {"success": false, ...} and exits 0 when it fails.
+LISTED="$(FLWR_HOME="${CLI_HOME}" "$(flower_bin flwr)" supernode list "${FORMAT[@]}" "${CONNECTION}")"
+echo "${LISTED}"
+python3 -c 'import json, sys; sys.exit(0 if json.loads(sys.argv[1]).get("success", True) else 1)' \
+    "${LISTED}" || die "flwr supernode list failed (see the JSON above)"

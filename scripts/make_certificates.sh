@@ -6,18 +6,22 @@ source "${HERE}/deploy_common.sh"
 
 usage() {
     cat <<USAGE
-Usage: $(basename "$0") [--out DIR] [--days N] [--force] [SAN ...]
+Usage: $(basename "$0") [--out DIR] [--days N] [--ca-days N] [--force | --server-only] [SAN ...]
 
 Make a certificate authority (ca.crt, ca.key) and a SuperLink TLS certificate signed by it
 (server.pem, server.key) in DIR (default: ./certificates).
 
-The certificate's subject alternative names always include DNS:localhost and IP:127.0.0.1;
-add every name or address hospitals dial, e.g. DNS:fl.example-hospital.org IP:10.0.0.5.
+The certificate's subject alternative names always include DNS:localhost, IP:127.0.0.1 and
+IP:::1 (the SuperLink's own helpers dial a loopback address); add every name or address
+hospitals dial, e.g. DNS:fl.example-hospital.org IP:10.0.0.5.
 
-  --out DIR     output folder (created, mode 700)
-  --days N      validity in days (default 365)
-  --force       overwrite existing files in DIR
-  -h, --help    this help
+  --out DIR      output folder (created, mode 700)
+  --days N       validity of the SuperLink certificate in days (default 365)
+  --ca-days N    validity of the CA in days (default 3650)
+  --force        replace every file in DIR, the CA too: every hospital then needs the new ca.crt
+  --server-only  keep the CA in DIR and issue a new SuperLink certificate from it (to renew it
+                 or add names); hospitals keep their ca.crt
+  -h, --help     this help
 
 Give hospitals ca.crt only. ca.key signs certificates: keep it offline.
 USAGE
@@ -25,35 +29,49 @@ USAGE
 
 OUT="certificates"
 DAYS=365
+CA_DAYS=3650
 FORCE=0
-SANS=("DNS:localhost" "IP:127.0.0.1")
+SERVER_ONLY=0
+SANS=("DNS:localhost" "IP:127.0.0.1" "IP:::1")
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --out) OUT="${2:?--out needs a folder}"; shift 2 ;;
         --days) DAYS="${2:?--days needs a number}"; shift 2 ;;
+        --ca-days) CA_DAYS="${2:?--ca-days needs a number}"; shift 2 ;;
         --force) FORCE=1; shift ;;
+        --server-only) SERVER_ONLY=1; shift ;;
         -h | --help) usage; exit 0 ;;
         DNS:* | IP:*) SANS+=("$1"); shift ;;
         *) die "unknown argument '$1': SANs look like DNS:name or IP:address (see --help)" ;;
     esac
 done
 [[ "${DAYS}" =~ ^[1-9][0-9]*$ ]] || die "--days must be a positive integer, got '${DAYS}'"
+[[ "${CA_DAYS}" =~ ^[1-9][0-9]*$ ]] || die "--ca-days must be a positive integer, got '${CA_DAYS}'"
+((FORCE + SERVER_ONLY < 2)) || die "--force makes a new CA and --server-only keeps it: give one"
 command -v openssl >/dev/null || die "openssl is needed"
 
 mkdir -p "${OUT}"
 chmod 700 "${OUT}"
-if [[ "${FORCE}" -eq 0 ]]; then
+if [[ "${SERVER_ONLY}" -eq 1 ]]; then
+    for f in ca.key ca.crt; do
+        require_file "${OUT}/${f}" "CA file (--server-only issues from the existing CA)"
+    done
+elif [[ "${FORCE}" -eq 0 ]]; then
     for f in ca.key ca.crt server.key server.pem; do
-        [[ ! -e "${OUT}/${f}" ]] || die "${OUT}/${f} exists; use --force to replace the certificates"
+        [[ ! -e "${OUT}/${f}" ]] || die "${OUT}/${f} exists; use --server-only to renew or extend" \
+            "the SuperLink certificate from this CA, or --force to replace the CA as well"
     done
 fi
 
 SAN_LIST="$(IFS=,; echo "${SANS[*]}")"
 umask 077
-openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:P-384 -nodes -sha384 \
-    -days "${DAYS}" -subj "/CN=fedctan federation CA" \
-    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
-    -keyout "${OUT}/ca.key" -out "${OUT}/ca.crt" 2>/dev/null
+if [[ "${SERVER_ONLY}" -eq 0 ]]; then
+    openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:P-384 -nodes -sha384 \
+        -days "${CA_DAYS}" -subj "/CN=fedctan federation CA" \
+        -addext "basicConstraints=critical,CA:TRUE" \
+        -addext "keyUsage=critical,keyCertSign,cRLSign" \
+        -keyout "${OUT}/ca.key" -out "${OUT}/ca.crt" 2>/dev/null
+fi
 openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-384 -nodes -sha384 \
     -subj "/CN=fedctan superlink" -keyout "${OUT}/server.key" -out "${OUT}/server.csr" 2>/dev/null
 openssl x509 -req -in "${OUT}/server.csr" -CA "${OUT}/ca.crt" -CAkey "${OUT}/ca.key" \
@@ -63,6 +81,10 @@ openssl x509 -req -in "${OUT}/server.csr" -CA "${OUT}/ca.crt" -CAkey "${OUT}/ca.
 rm -f "${OUT}/server.csr" "${OUT}/ca.srl"
 chmod 600 "${OUT}/ca.key" "${OUT}/server.key"
 chmod 644 "${OUT}/ca.crt" "${OUT}/server.pem"
-echo "CA certificate (give to hospitals): ${OUT}/ca.crt"
+if [[ "${SERVER_ONLY}" -eq 1 ]]; then
+    echo "CA unchanged: ${OUT}/ca.crt (hospitals keep theirs); restart the SuperLink to use the new certificate"
+else
+    echo "CA certificate (give to hospitals): ${OUT}/ca.crt"
+fi
 echo "SuperLink certificate: ${OUT}/server.pem (key ${OUT}/server.key), SANs: ${SAN_LIST}"
 echo "Keep ${OUT}/ca.key offline."

@@ -18,8 +18,10 @@ off, and a persistent state database (registered keys and runs survive a restart
                     cli/ (FLWR_HOME for flwr, connection "fedctan"), state.db, logs/, superlink.pid
   --certs DIR       folder with ca.crt, server.pem, server.key (default ./certificates)
   --host HOST       listen address of the one HTTPS port serving the fleet API (hospitals),
-                    the control API (flwr CLI) and the runtime API (default 127.0.0.1; use
-                    0.0.0.0 behind the filtering proxy described in docs/deployment.md)
+                    the control API (flwr CLI) and the runtime API (default 127.0.0.1: put the
+                    fleet-only reverse proxy of docs/deployment.md in front of it). Any other
+                    address exposes the control API, which launches code at every site, to
+                    whoever reaches the port: then firewall it (docs/deployment.md, section 4)
   --port PORT       that port (default 8000)
   --health-address  gRPC health service address, no TLS (default: off)
   --insecure        no TLS and no SuperNode authentication: local experiments only
@@ -48,6 +50,8 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 [[ "${PORT}" =~ ^[0-9]+$ ]] || die "--port must be a number, got '${PORT}'"
+CLI_ADDRESS="${HOST}"
+[[ "${HOST}" != "0.0.0.0" && "${HOST}" != "::" ]] || CLI_ADDRESS="127.0.0.1"
 coordinator_paths "${HOME_ARG}"
 flower_offline_env
 flower_on_path flower-superlink
@@ -59,11 +63,19 @@ fi
 mkdir -p "${SUPERLINK_HOME}" "${CLI_HOME}" "${LOG_DIR}"
 chmod 700 "${HOME_DIR}"
 
+if ! is_loopback "${HOST}"; then
+    warn "listening on ${HOST}:${PORT}: the control API (flwr run: code that runs at every site)"
+    warn "answers there too, without user authentication. Allow only coordinator and hospital"
+    warn "addresses to that port, or keep --host 127.0.0.1 behind the proxy of docs/deployment.md."
+fi
+if (exec 3<>"/dev/tcp/${CLI_ADDRESS}/${PORT}") 2>/dev/null; then
+    die "something already listens on ${CLI_ADDRESS}:${PORT} (another SuperLink, from another" \
+        "--home?); stop it or choose another --port"
+fi
+
 ARGS=(--host "${HOST}" --port "${PORT}" --database "${HOME_DIR}/state.db"
     --log-file "${LOG_DIR}/superlink.log" --disable-runtime-dependency-installation)
 [[ -z "${HEALTH}" ]] || ARGS+=(--health-server-address "${HEALTH}")
-CLI_ADDRESS="${HOST}"
-[[ "${HOST}" != "0.0.0.0" && "${HOST}" != "::" ]] || CLI_ADDRESS="127.0.0.1"
 if [[ "${INSECURE}" -eq 1 ]]; then
     warn "starting WITHOUT TLS and WITHOUT SuperNode authentication: traffic is readable and"
     warn "anyone who reaches port ${PORT} can join or launch runs. Local experiments only."
@@ -73,6 +85,16 @@ else
     CERTS="$(absolute "${CERTS}")"
     for f in ca.crt server.pem server.key; do
         require_file "${CERTS}/${f}" "TLS file (make it with scripts/make_certificates.sh)"
+    done
+    # The flwr CLI dials CLI_ADDRESS; the SuperLink's own helpers dial the bind address, or
+    # loopback for a wildcard one (127.0.0.1 for 0.0.0.0, ::1 for ::).
+    DIALLED=("${CLI_ADDRESS}")
+    [[ "${HOST}" != "::" ]] || DIALLED+=("::1")
+    for address in "${DIALLED[@]}"; do
+        certificate_covers "${CERTS}/server.pem" "${address}" \
+            || die "${CERTS}/server.pem does not cover ${address}, which the flwr CLI and the" \
+                "SuperLink's own helpers dial; reissue it with make_certificates.sh" \
+                "--server-only, adding IP:${address} or DNS:${address}"
     done
     ARGS+=(--ssl-ca-certfile "${CERTS}/ca.crt" --ssl-certfile "${CERTS}/server.pem"
         --ssl-keyfile "${CERTS}/server.key" --enable-supernode-auth)

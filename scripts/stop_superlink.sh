@@ -39,10 +39,13 @@ tr '\0' ' ' <"/proc/${PID}/cmdline" | grep -q "flower-superlink" \
 mapfile -t HELPERS < <(flower_helpers_of "${PID}")
 PROCESS_GROUPS=("${PID}" "${HELPERS[@]}")
 
+# Signal each process group; SIGTERM also reaches a leader that left its group. SIGKILL goes to
+# groups only: a PID whose process already ended may belong to an unrelated process by then.
 signal_groups() {
     local group
     for group in "${PROCESS_GROUPS[@]}"; do
-        kill "-$1" -- "-${group}" 2>/dev/null || kill "-$1" "${group}" 2>/dev/null || true
+        kill "-$1" -- "-${group}" 2>/dev/null \
+            || { [[ "$1" == TERM ]] && kill -TERM "${group}" 2>/dev/null; } || true
     done
 }
 

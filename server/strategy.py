@@ -596,7 +596,8 @@ def build_strategy(
     """The strategy a federation config names, with its quorum, heads mode and timeout.
 
     ``min_sites`` sets Flower's ``min_train_nodes``, ``min_evaluate_nodes`` and
-    ``min_available_nodes``; ``round_timeout`` bounds the wait for a quorum; FedProx gets
+    ``min_available_nodes``; ``round_timeout`` bounds the wait for a quorum; ``robust`` (norm
+    bound, trimmed mean) comes from ``federation.robust`` unless given; FedProx gets
     ``proximal_mu``; FedAvgM gets ``server_sgd`` (its defaults when left out) as Flower's
     ``server_learning_rate`` and ``server_momentum``; FedAdam/FedYogi get ``server_optimizer``
     (its defaults when left out) as Flower's ``eta``, ``beta_1``, ``beta_2``, ``tau``.
@@ -613,7 +614,8 @@ def build_strategy(
         "min_evaluate_nodes": federation.min_sites,
         "min_available_nodes": federation.min_sites,
         "heads": federation.heads,
-        "robust": robust,
+        "robust": robust
+        or RobustOptions(federation.robust.norm_bound, federation.robust.trim_beta),
         "seed": seed,
         "node_wait_timeout": federation.round_timeout,
     }

@@ -161,9 +161,34 @@ def test_certificates_cover_extra_names(tmp_path: Path) -> None:
         check=True,
     ).stdout
     assert "DNS:localhost" in san and "IP Address:127.0.0.1" in san and "DNS:fl.example.org" in san
+    assert "IP Address:0:0:0:0:0:0:0:1" in san
     assert stat.S_IMODE((out / "ca.key").stat().st_mode) == 0o600
     again = run_script("make_certificates.sh", "--out", str(out), cwd=tmp_path)
-    assert again.returncode != 0 and "--force" in again.stderr
+    assert again.returncode != 0 and "--server-only" in again.stderr and "--force" in again.stderr
+
+    ca = (out / "ca.crt").read_bytes()
+    renewed = run_script(
+        "make_certificates.sh",
+        "--out",
+        str(out),
+        "--server-only",
+        "DNS:new.example.org",
+        cwd=tmp_path,
+    )
+    assert renewed.returncode == 0, renewed.stderr
+    assert (out / "ca.crt").read_bytes() == ca
+    verify = subprocess.run(
+        ["openssl", "verify", "-CAfile", str(out / "ca.crt"), str(out / "server.pem")],
+        capture_output=True,
+        text=True,
+    )
+    assert verify.returncode == 0, verify.stderr
+    check = ["openssl", "x509", "-in", str(out / "server.pem"), "-noout", "-checkhost"]
+    covered = subprocess.run([*check, "new.example.org"], capture_output=True, text=True)
+    assert "does match" in covered.stdout
+    empty = tmp_path / "empty"
+    refused = run_script("make_certificates.sh", "--out", str(empty), "--server-only", cwd=tmp_path)
+    assert refused.returncode != 0 and "ca.key" in refused.stderr
 
 
 @NEEDS_TOOLS
@@ -184,7 +209,18 @@ def test_join_refuses_open_or_wrong_private_keys(tmp_path: Path) -> None:
     key.write_text("not a key\n")
     key.chmod(0o600)
     result = run_script("join_federation.sh", *args, cwd=tmp_path)
-    assert result.returncode != 0 and "not an OpenSSH/PEM private key" in result.stderr
+    assert result.returncode != 0 and "not an OpenSSH private key" in result.stderr
+
+    pem = tmp_path / "pem"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ecdsa", "-b", "384", "-m", "PEM", "-N", "", "-f", str(pem)],
+        check=True,
+    )
+    assert "BEGIN EC PRIVATE KEY" in pem.read_text()
+    args[args.index(str(key))] = str(pem)
+    result = run_script("join_federation.sh", *args, cwd=tmp_path)
+    assert result.returncode != 0 and f"ssh-keygen -p -N '' -f {pem}" in result.stderr
+    args[args.index(str(pem))] = str(key)
 
     subprocess.run(
         ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "ed")], check=True
@@ -197,6 +233,36 @@ def test_join_refuses_open_or_wrong_private_keys(tmp_path: Path) -> None:
         "register_site.sh", "--home", str(tmp_path), str(tmp_path / "ed"), cwd=tmp_path
     )
     assert result.returncode != 0 and "not an OpenSSH ECDSA public key" in result.stderr
+
+
+@NEEDS_TOOLS
+@NEEDS_FLOWER
+def test_superlink_refuses_a_busy_port_and_warns_on_an_open_address(tmp_path: Path) -> None:
+    certs = tmp_path / "certs"
+    assert run_script("make_certificates.sh", "--out", str(certs), cwd=tmp_path).returncode == 0
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        home = ["--home", str(tmp_path / "home"), "--certs", str(certs), "--port", port]
+        result = run_script("start_superlink.sh", *home, "--host", "0.0.0.0", cwd=tmp_path)
+    assert result.returncode != 0
+    assert f"something already listens on 127.0.0.1:{port}" in result.stderr
+    assert "the control API" in result.stderr and "Allow only coordinator" in result.stderr
+    assert not (tmp_path / "home" / "superlink.pid").exists()
+
+
+@NEEDS_FLOWER
+def test_listing_sites_as_json_fails_when_the_superlink_is_unreachable(tmp_path: Path) -> None:
+    cli = tmp_path / "home" / "cli"
+    cli.mkdir(parents=True)
+    (cli / "config.toml").write_text(
+        '[superlink]\ndefault = "fedctan"\n\n[superlink.fedctan]\n'
+        f'address = "127.0.0.1:{free_port()}"\ninsecure = true\n'
+    )
+    result = run_script("list_sites.sh", "--home", str(tmp_path / "home"), "--json", cwd=tmp_path)
+    assert result.returncode != 0 and '"success": false' in result.stdout
+    assert "flwr supernode list failed" in result.stderr
 
 
 def test_app_bundle_holds_the_code_and_configs_only(tmp_path: Path) -> None:

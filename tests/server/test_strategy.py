@@ -18,7 +18,7 @@ from flwr.app import (
 )
 from flwr.supercore.task_identity import TaskIdentity
 
-from ctan.config import FederationConfig, ServerOptimizerConfig, ServerSGDConfig
+from ctan.config import FederationConfig, RobustConfig, ServerOptimizerConfig, ServerSGDConfig
 from server.aggregation import RobustOptions
 from server.strategy import (
     QuorumTimeoutError,
@@ -327,6 +327,22 @@ def test_build_strategy_from_federation_config(name: str, cls: type) -> None:
     assert (strategy.min_train_nodes, strategy.min_available_nodes, strategy.seed) == (3, 3, 7)
     assert strategy.heads == "federated" and strategy.robust.trim_beta == 0.1
     assert getattr(strategy, "proximal_mu", 0.2) == 0.2
+
+
+def test_robust_aggregation_comes_from_the_federation_config() -> None:
+    from ctan.config import ConfigError, load_config
+
+    robust = RobustConfig(norm_bound=5.0, trim_beta=0.2)
+    strategy = build_strategy(FederationConfig(id="t", robust=robust), seed=0)
+    assert strategy.robust == RobustOptions(norm_bound=5.0, trim_beta=0.2)
+    assert build_strategy(FederationConfig(id="t"), seed=0).robust == RobustOptions()
+    raw = {
+        "model": {"arch": "hps", "spatial_dims": 2, "in_channels": 1, "image_size": [16, 16]},
+        "tasks": [{"name": "a", "kind": "classification", "classes": 2, "label": "a"}],
+        "federation": {"id": "t", "robust": {"trim_beta": 0.5}},
+    }
+    with pytest.raises(ConfigError, match=r"federation\.robust\.trim_beta"):
+        load_config(raw)
 
 
 def test_adaptive_strategies_take_the_server_optimizer() -> None:
