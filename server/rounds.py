@@ -70,11 +70,17 @@ class FederationResult:
 
 
 class AdmittedGrid:
-    """A view of a Grid that only shows the nodes admitted after the ``query``."""
+    """A view of a Grid that only shows the nodes admitted after the ``query``.
 
-    def __init__(self, grid: Grid, admitted: Iterable[int]) -> None:
+    Attributes:
+        admitted: the admitted node ids.
+        names: the site name of each admitted node.
+    """
+
+    def __init__(self, grid: Grid, names: Mapping[int, str]) -> None:
         self._grid = grid
-        self.admitted = set(admitted)
+        self.names = dict(names)
+        self.admitted = set(self.names)
 
     def get_node_ids(self) -> list[int]:
         return [n for n in self._grid.get_node_ids() if n in self.admitted]
@@ -145,6 +151,25 @@ def query_sites(grid: Grid, config: Config, nodes: list[int]) -> list[SiteInfo]:
     Raises:
         FederationError: fewer than ``min_sites`` sites can be admitted (each refusal named).
     """
+    admitted, refused = admit_sites(grid, config, nodes)
+    if len(admitted) < config.federation.min_sites:
+        raise FederationError(
+            f"{len(admitted)} sites admitted, federation.min_sites is "
+            f"{config.federation.min_sites}; refused: {refused or 'none'}"
+        )
+    return admitted
+
+
+def admit_sites(
+    grid: Grid, config: Config, nodes: list[int], taken: Iterable[str] = ()
+) -> tuple[list[SiteInfo], dict[int, str]]:
+    """Query ``nodes`` and sort them into admitted sites (in site-name order) and refusals
+    (node id: reason), each refusal logged and, where the site answered, sent to it.
+
+    A node is refused when its query fails or goes unanswered, when its reply lacks what the
+    query asks for, when it builds another model, holds labels for none of the federation's
+    tasks, or names itself like a site already admitted (``taken``) or another node.
+    """
     federation = config.federation
     signature = model_signature(build_model(config))
     messages = [
@@ -156,45 +181,93 @@ def query_sites(grid: Grid, config: Config, nodes: list[int]) -> list[SiteInfo]:
         for node in nodes
     ]
     replies = list(grid.send_and_receive(messages, timeout=federation.round_timeout))
-    admitted, refused, answered = [], {}, set()
-    for reply in replies:
+    admitted: list[SiteInfo] = []
+    refused: dict[int, str] = {}
+    answered: set[int] = set()
+    names = set(taken)
+    for reply in sorted(replies, key=lambda r: r.metadata.src_node_id):
         node = reply.metadata.src_node_id
         if reply.has_error():
             refused[node] = f"query failed at the site: {reply.error.reason}"
             continue
         answered.add(node)
-        site = reply.content.config_records["site"]
-        counts = reply.content.metric_records.get("counts", {})
-        name = str(site["site"])
-        difference = signature_difference(signature, list(site["model-keys"]))
-        if difference:
-            refused[node] = (
-                f"site {name!r} builds a different model (signature {site['model-signature']} "
-                f"vs {signature_digest(signature)}; site code {site['code-version']}): "
-                f"{difference}"
-            )
+        try:
+            site, reason = _site_of(reply, node, config, signature)
+        except (KeyError, TypeError, ValueError) as err:
+            refused[node] = f"its answer to the query is malformed ({type(err).__name__}: {err})"
             continue
-        tasks = list(site["tasks"])
-        if not tasks:
-            refused[node] = (
-                f"site {name!r} holds labels for none of the federation's tasks "
-                f"{[t.name for t in config.tasks]}"
-            )
+        if reason is None and site.name in names:
+            reason = f"another node already joined as site {site.name!r}; site names must be unique"
+        if reason is not None:
+            refused[node] = reason
             continue
-        labelled = {k.removeprefix("labelled."): int(v) for k, v in counts.items()}
-        admitted.append(SiteInfo(node, name, tasks, labelled, str(site["code-version"])))
+        names.add(site.name)
+        admitted.append(site)
     silent = sorted(set(nodes) - {r.metadata.src_node_id for r in replies})
     for node in silent:
         refused[node] = f"no answer to the query within {federation.round_timeout:.0f} s"
     for node, reason in refused.items():
         logger.error("node %d refused: %s", node, reason)
     notify_refused(grid, federation.id, {n: r for n, r in refused.items() if n in answered})
-    if len(admitted) < federation.min_sites:
-        raise FederationError(
-            f"{len(admitted)} sites admitted, federation.min_sites is {federation.min_sites}; "
-            f"refused: {refused or 'none'}"
+    return sorted(admitted, key=lambda site: site.name), refused
+
+
+def _site_of(
+    reply: Message, node: int, config: Config, signature: list[str]
+) -> tuple[SiteInfo, str | None]:
+    """A node's answer to the query as a site, and why it is refused (``None``: admitted)."""
+    site = reply.content.config_records["site"]
+    counts = reply.content.metric_records.get("counts", {})
+    info = SiteInfo(
+        node,
+        str(site["site"]),
+        [str(t) for t in site["tasks"]],
+        {k.removeprefix("labelled."): int(v) for k, v in counts.items()},
+        str(site["code-version"]),
+    )
+    difference = signature_difference(signature, list(site["model-keys"]))
+    if difference:
+        return info, (
+            f"site {info.name!r} builds a different model (signature {site['model-signature']} "
+            f"vs {signature_digest(signature)}; site code {info.code_version}): {difference}"
         )
-    return sorted(admitted, key=lambda site: site.name)
+    if not info.tasks:
+        return info, (
+            f"site {info.name!r} holds labels for none of the federation's tasks "
+            f"{[t.name for t in config.tasks]}"
+        )
+    return info, None
+
+
+def admit_newcomers(
+    grid: Grid,
+    config: Config,
+    admitted: AdmittedGrid,
+    sites: list[SiteInfo],
+    turned_away: set[int],
+    server_round: int,
+) -> list[SiteInfo]:
+    """Admit the nodes that connected since the last admission, from ``server_round`` on.
+
+    A hospital whose SuperNode comes up after the run started joins at the next round, as it
+    would in Flower's own strategies, which sample from the nodes connected at each round. It
+    goes through the same query as the first sites; refused nodes are not asked again.
+    ``admitted``, ``sites`` and ``turned_away`` are updated in place.
+
+    Returns:
+        The sites admitted now.
+    """
+    new = sorted(set(grid.get_node_ids()) - admitted.admitted - turned_away)
+    if not new:
+        return []
+    joined, refused = admit_sites(grid, config, new, taken=[s.name for s in sites])
+    turned_away.update(refused)
+    for site in joined:
+        logger.info("round %d: site %s (node %d) joined", server_round, site.name, site.node_id)
+        admitted.admitted.add(site.node_id)
+        admitted.names[site.node_id] = site.name
+    sites[:] = sorted([*sites, *joined], key=lambda site: site.name)
+    return joined
 
 
 def notify_refused(grid: Grid, federation: str, refused: Mapping[int, str]) -> None:
@@ -268,6 +341,31 @@ def _ok(
     return good
 
 
+def require_usable_quorum(
+    replies: list[Message],
+    rejected: Iterable[int],
+    sent: int,
+    min_sites: int,
+    names: Mapping[int, str],
+    server_round: int,
+) -> None:
+    """Raise unless at least ``min_sites`` of the train ``replies`` survived validation: a
+    round averaged over fewer sites than the quorum would pass one site's model off as the
+    federation's.
+
+    Raises:
+        FederationError: too few usable updates; names the rejected sites.
+    """
+    rejected = set(rejected)
+    usable = [r for r in replies if r.metadata.src_node_id not in rejected]
+    if len(usable) < min_sites:
+        refused = sorted(names.get(n, str(n)) for n in rejected)
+        raise FederationError(
+            f"train round {server_round}: {len(usable)} of {sent} sites sent a usable update, "
+            f"federation.min_sites is {min_sites}; rejected: {refused} (reasons in the log)"
+        )
+
+
 def run_federation(grid: Grid, config: Config, resume: bool = False) -> FederationResult:
     """Run (or resume) the federated training a config describes.
 
@@ -305,8 +403,8 @@ def run_federation(grid: Grid, config: Config, resume: bool = False) -> Federati
         folder.mkdir(parents=True, exist_ok=True)
     nodes = wait_for_nodes(grid, federation.min_sites, federation.round_timeout)
     sites = query_sites(grid, config, nodes)
-    names = {s.node_id: s.name for s in sites}
-    admitted = AdmittedGrid(grid, names)
+    admitted = AdmittedGrid(grid, {s.node_id: s.name for s in sites})
+    turned_away = set(nodes) - admitted.admitted
     console.print(
         f"[bold]federation {federation.id}[/bold]: {len(sites)} sites "
         + ", ".join(f"{s.name} {s.tasks}" for s in sites)
@@ -314,8 +412,11 @@ def run_federation(grid: Grid, config: Config, resume: bool = False) -> Federati
     log = RunLog(folder, tensorboard=True)
     try:
         for server_round in range(first, federation.rounds + 1):
+            joined = admit_newcomers(grid, config, admitted, sites, turned_away, server_round)
+            for site in joined:
+                console.print(f"round {server_round}: site {site.name} {site.tasks} joined")
             arrays, validation = _one_round(
-                server_round, arrays, strategy, admitted, config, names, log, console
+                server_round, arrays, strategy, admitted, config, admitted.names, log, console
             )
             score = validation_score(
                 {t.name: validation.get(f"{t.name}.loss", math.nan) for t in config.tasks}
@@ -414,8 +515,9 @@ def _one_round(
             f"[red]round {server_round}: reply of {names.get(node, node)} rejected: "
             f"{'; '.join(f'{p.key}: {p.reason}' for p in problems)}[/red]"
         )
-    if new_record is None:
-        raise FederationError(f"round {server_round}: no usable reply; see the log")
+    require_usable_quorum(
+        good, report.rejected, len(sent), federation.min_sites, names, server_round
+    )
     arrays = _record_to_numpy(new_record)
     train_wall = time.perf_counter() - start
     eval_messages = list(

@@ -22,7 +22,13 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from client.client_app import app
 from ctan.config import load_config
-from server.rounds import FederationError, query_sites
+from server.rounds import (
+    AdmittedGrid,
+    FederationError,
+    admit_newcomers,
+    admit_sites,
+    query_sites,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -59,6 +65,9 @@ class InProcessGrid:
             )
             replies.append(app(message, context))
         return replies
+
+    def get_node_ids(self) -> list[int]:
+        return sorted(self.sites)
 
 
 def federation_yaml(ham_phantom: Path, tmp: Path, name: str, min_sites: int, **model) -> Path:
@@ -118,3 +127,49 @@ def test_too_few_admitted_sites_end_the_run_naming_each_refusal(
     ) as err:
         query_sites(grid, load_config(server), [1, 2])
     assert "site 'b' builds a different model" in str(err.value)
+
+
+def test_a_second_node_with_a_taken_site_name_or_a_malformed_answer_is_refused(
+    ham_phantom: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = federation_yaml(ham_phantom, tmp_path, "server", min_sites=1)
+
+    class WithABrokenNode(InProcessGrid):
+        def send_and_receive(self, messages: Iterable[Message], timeout: float) -> list[Message]:
+            messages = list(messages)
+            broken = [m for m in messages if m.metadata.dst_node_id == 9]
+            rest = [m for m in messages if m.metadata.dst_node_id != 9]
+            empty = [Message(RecordDict(), reply_to=m) for m in broken]
+            return super().send_and_receive(rest, timeout) + empty
+
+    grid = WithABrokenNode({1: (0, server), 2: (0, server)}, tmp_path / "state")
+    with caplog.at_level(logging.ERROR, logger="server.rounds"):
+        admitted, refused = admit_sites(grid, load_config(server), [1, 2, 9])
+    assert [(s.node_id, s.name) for s in admitted] == [(1, "a")]
+    assert "another node already joined as site 'a'" in refused[2]
+    assert refused[9].startswith("its answer to the query is malformed (KeyError")
+    assert "node 9 refused" in caplog.text
+
+
+def test_sites_that_connect_later_are_admitted_at_the_next_round(
+    ham_phantom: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = federation_yaml(ham_phantom, tmp_path, "server", min_sites=1)
+    wider = federation_yaml(ham_phantom, tmp_path, "wider", min_sites=1, widths=[8, 16, 48])
+    grid = InProcessGrid({1: (0, server)}, tmp_path / "state")
+    config = load_config(server)
+    sites = query_sites(grid, config, [1])
+    admitted = AdmittedGrid(grid, {s.node_id: s.name for s in sites})
+    turned_away: set[int] = set()
+    assert admit_newcomers(grid, config, admitted, sites, turned_away, 2) == []
+    grid.sites |= {3: (1, server), 2: (2, wider)}
+    with caplog.at_level(logging.INFO, logger="server.rounds"):
+        joined = admit_newcomers(grid, config, admitted, sites, turned_away, 3)
+    assert [(s.node_id, s.name) for s in joined] == [(3, "b")]
+    assert [s.name for s in sites] == ["a", "b"] and admitted.get_node_ids() == [1, 3]
+    assert admitted.names == {1: "a", 3: "b"} and turned_away == {2}
+    assert "round 3: site b (node 3) joined" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="server.rounds"):
+        assert admit_newcomers(grid, config, admitted, sites, turned_away, 4) == []
+    assert "refused" not in caplog.text

@@ -168,6 +168,27 @@ def test_fedavg_groups_replies_and_rejects_bad_ones() -> None:
     assert "out of memory" in strategy.last_round.rejected[44][0].reason
 
 
+def test_a_round_needs_min_sites_usable_updates_not_just_replies() -> None:
+    from server.rounds import FederationError, require_usable_quorum
+
+    strategy = TaskAwareFedAvg(min_train_nodes=2, min_available_nodes=2)
+    messages = strategy.configure_train(1, global_record(), ConfigRecord(), FakeGrid([11, 22, 33]))
+    by_node = {m.metadata.dst_node_id: m for m in messages}
+    nan = np.full((2, 2), np.nan, F32)
+    replies = [
+        train_reply(by_node[11], 1.0),
+        train_reply(by_node[22], 2.0, tamper={"encoder.w": nan}),
+        train_reply(by_node[33], 4.0),
+    ]
+    names = {11: "a", 22: "b", 33: "c"}
+    strategy.aggregate_train(1, replies)
+    rejected = strategy.last_round.rejected
+    assert list(rejected) == [22]
+    require_usable_quorum(replies, rejected, 3, 2, names, 1)
+    with pytest.raises(FederationError, match=r"2 of 3 sites sent a usable update.*\['b'\]"):
+        require_usable_quorum(replies, rejected, 3, 3, names, 1)
+
+
 def test_all_replies_rejected_keeps_the_model() -> None:
     strategy = TaskAwareFedAvg(min_train_nodes=1, min_available_nodes=1)
     (message,) = strategy.configure_train(1, global_record(), ConfigRecord(), FakeGrid([22]))
