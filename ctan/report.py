@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from collections import defaultdict
@@ -16,6 +17,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
+from ctan.checkpoint import atomic_write_bytes
+
 
 class RunLog:
     """Scalars of a run written as long-format CSV, JSON lines and TensorBoard events.
@@ -27,13 +30,20 @@ class RunLog:
     Args:
         folder: the run folder (created).
         tensorboard: also write TensorBoard events under ``folder/tensorboard``.
+        keep_until: for a resumed run, the last step it resumes after: records of later steps
+            (logged by a round that never completed) are dropped from every file, so that
+            the resumed run does not log them twice.
     """
 
-    def __init__(self, folder: Path, tensorboard: bool = True) -> None:
+    def __init__(
+        self, folder: Path, tensorboard: bool = True, keep_until: int | None = None
+    ) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.csv_path = self.folder / "metrics.csv"
         self.jsonl_path = self.folder / "metrics.jsonl"
+        if keep_until is not None:
+            self._drop_after(keep_until)
         new = not self.csv_path.exists()
         self._csv_file = self.csv_path.open("a", newline="")
         self._csv = csv.writer(self._csv_file)
@@ -44,7 +54,23 @@ class RunLog:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(str(self.folder / "tensorboard"))
+            purge = None if keep_until is None else keep_until + 1
+            self._writer = SummaryWriter(str(self.folder / "tensorboard"), purge_step=purge)
+
+    def _drop_after(self, step: int) -> None:
+        """Rewrite the CSV and JSON lines without the records of steps after ``step``."""
+        if self.csv_path.is_file():
+            with self.csv_path.open(newline="") as file:
+                rows = list(csv.reader(file))
+            kept = [rows[0], *(r for r in rows[1:] if r and int(r[0]) <= step)] if rows else []
+            buffer = io.StringIO()
+            csv.writer(buffer).writerows(kept)
+            atomic_write_bytes(self.csv_path, lambda f: f.write(buffer.getvalue().encode()))
+        if self.jsonl_path.is_file():
+            lines = self.jsonl_path.read_text().splitlines()
+            kept_lines = [line for line in lines if line and json.loads(line)["step"] <= step]
+            text = "".join(f"{line}\n" for line in kept_lines)
+            atomic_write_bytes(self.jsonl_path, lambda f: f.write(text.encode()))
 
     def log(self, step: int, split: str, scalars: Mapping[str, float], **context: Any) -> None:
         """Record ``scalars`` of one ``split`` (train, validation, test) at ``step``."""

@@ -341,6 +341,35 @@ def _ok(
     return good
 
 
+def require_same_arrays(
+    saved: Mapping[str, np.ndarray], current: Mapping[str, np.ndarray], path: Path
+) -> None:
+    """Raise unless the arrays of a saved server state have the keys and shapes the config's
+    model sends now: a resume after the model or ``federation.heads`` changed cannot continue.
+
+    Raises:
+        FederationError: names the missing, extra and reshaped arrays (a few of each).
+    """
+    missing = sorted(current.keys() - saved.keys())
+    extra = sorted(saved.keys() - current.keys())
+    reshaped = [
+        f"{k} {tuple(saved[k].shape)} -> {tuple(current[k].shape)}"
+        for k in sorted(current.keys() & saved.keys())
+        if saved[k].shape != current[k].shape
+    ]
+    if missing or extra or reshaped:
+        found = [
+            f"{label} ({len(items)}): {', '.join(items[:3])}{', ...' if len(items) > 3 else ''}"
+            for label, items in (("missing", missing), ("extra", extra), ("reshaped", reshaped))
+            if items
+        ]
+        raise FederationError(
+            f"{path} does not fit the model this config builds: {'; '.join(found)}. The model "
+            "settings or federation.heads changed since that run: restore them to resume it, "
+            "or start a new run without --resume"
+        )
+
+
 def require_usable_quorum(
     replies: list[Message],
     rejected: Iterable[int],
@@ -393,11 +422,17 @@ def run_federation(grid: Grid, config: Config, resume: bool = False) -> Federati
         if not state_path.is_file():
             raise FederationError(f"nothing to resume: {state_path} does not exist")
         saved = load_state(state_path)
-        arrays, first, folder = saved["arrays"], saved["round"] + 1, saved["folder"]
+        require_same_arrays(saved["arrays"], arrays, state_path)
+        arrays, first, folder = saved["arrays"], saved["round"] + 1, base / saved["folder"]
         best = saved.get("best", best)
         strategy.load_state_dict(saved["strategy"])
         console.print(f"resuming federation {federation.id} after round {saved['round']}")
     else:
+        if state_path.is_file():
+            console.print(
+                f"[yellow]{state_path} holds an earlier run of federation {federation.id}; this "
+                "new run replaces it after its first round (--resume continues that one)[/yellow]"
+            )
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
         folder = base / f"run-{stamp}"
         folder.mkdir(parents=True, exist_ok=True)
@@ -409,7 +444,7 @@ def run_federation(grid: Grid, config: Config, resume: bool = False) -> Federati
         f"[bold]federation {federation.id}[/bold]: {len(sites)} sites "
         + ", ".join(f"{s.name} {s.tasks}" for s in sites)
     )
-    log = RunLog(folder, tensorboard=True)
+    log = RunLog(folder, tensorboard=True, keep_until=first - 1 if resume else None)
     try:
         for server_round in range(first, federation.rounds + 1):
             joined = admit_newcomers(grid, config, admitted, sites, turned_away, server_round)
@@ -430,7 +465,7 @@ def run_federation(grid: Grid, config: Config, resume: bool = False) -> Federati
                 {
                     "round": server_round,
                     "seed": config.experiment.seed,
-                    "folder": folder,
+                    "folder": folder.relative_to(base) if folder.is_relative_to(base) else folder,
                     "arrays": arrays,
                     "strategy": strategy.state_dict(),
                     "best": best,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -435,3 +436,17 @@ def test_replies_aggregate_to_the_same_bits_whatever_their_arrival_order() -> No
         result = arrays["encoder.w"].numpy()
         first = result if first is None else first
         np.testing.assert_array_equal(result, first, err_msg=str(order))
+
+
+def test_a_resume_refuses_saved_arrays_the_current_model_does_not_have(tmp_path: Path) -> None:
+    from server.rounds import FederationError, require_same_arrays
+
+    current = {"encoder.w": np.zeros((2, 2), F32), "attention.a.w": np.zeros(3, F32)}
+    require_same_arrays(dict(current), current, tmp_path / "server-state.pt")
+    saved = {"encoder.w": np.zeros((2, 3), F32), "heads.a.w": np.zeros(1, F32)}
+    with pytest.raises(FederationError) as err:
+        require_same_arrays(saved, current, tmp_path / "server-state.pt")
+    message = str(err.value)
+    assert "server-state.pt does not fit the model" in message
+    assert "missing (1): attention.a.w" in message and "extra (1): heads.a.w" in message
+    assert "reshaped (1): encoder.w (2, 3) -> (2, 2)" in message and "--resume" in message
