@@ -440,6 +440,8 @@ def run_federation(grid: Grid, config: Config, resume: bool = False) -> Federati
     sites = query_sites(grid, config, nodes)
     admitted = AdmittedGrid(grid, {s.node_id: s.name for s in sites})
     turned_away = set(nodes) - admitted.admitted
+    for site in sites:
+        strategy.declare(site.node_id, {t: site.labelled.get(t, 0) for t in site.tasks})
     console.print(
         f"[bold]federation {federation.id}[/bold]: {len(sites)} sites "
         + ", ".join(f"{s.name} {s.tasks}" for s in sites)
@@ -449,6 +451,7 @@ def run_federation(grid: Grid, config: Config, resume: bool = False) -> Federati
         for server_round in range(first, federation.rounds + 1):
             joined = admit_newcomers(grid, config, admitted, sites, turned_away, server_round)
             for site in joined:
+                strategy.declare(site.node_id, {t: site.labelled.get(t, 0) for t in site.tasks})
                 console.print(f"round {server_round}: site {site.name} {site.tasks} joined")
             arrays, validation = _one_round(
                 server_round, arrays, strategy, admitted, config, admitted.names, log, console

@@ -191,6 +191,14 @@ class TaskAwareFedAvg(FedAvg):
         self.node_wait_timeout = float(node_wait_timeout)
         self._sent: Groups | None = None
         self.last_round: RoundReport | None = None
+        self.declared: dict[int, dict[str, int]] = {}
+
+    def declare(self, node_id: int, labelled: Mapping[str, int]) -> None:
+        """What an admitted site said it holds at the ``query``: labelled training examples per
+        task. Its train replies are then held to it: a reply that claims another task, or more
+        labelled examples for a task than declared (which would weigh it up in the average), is
+        rejected. Nodes never declared are not checked."""
+        self.declared[node_id] = dict(labelled)
 
     def summary(self) -> None:
         """Log the grouping settings, then Flower's summary."""
@@ -337,7 +345,33 @@ class TaskAwareFedAvg(FedAvg):
             for group in groups
             if f"{self.weighted_by_key}.{group}" in metrics
         }
-        return SiteUpdate(message.metadata.src_node_id, groups, counts, frozenset(tasks))
+        node = message.metadata.src_node_id
+        problems = self._beyond_declared(node, tasks, counts)
+        return problems or SiteUpdate(node, groups, counts, frozenset(tasks))
+
+    def _beyond_declared(
+        self, node: int, tasks: list[str], counts: Mapping[str, Any]
+    ) -> list[Problem]:
+        """Where a reply claims more than its site declared at admission (see :meth:`declare`)."""
+        declared = self.declared.get(node)
+        if declared is None:
+            return []
+        problems = [
+            Problem(TASKS_KEY, f"claims task {task!r}, which the site did not declare")
+            for task in tasks
+            if task not in declared
+        ]
+        for group, count in counts.items():
+            task = group.split(".", 1)[1] if group.startswith(("task.", "heads.")) else None
+            if task in declared and isinstance(count, int | float) and count > declared[task]:
+                problems.append(
+                    Problem(
+                        f"{self.weighted_by_key}.{group}",
+                        f"{count} labelled examples, more than the {declared[task]} the site "
+                        "declared",
+                    )
+                )
+        return problems
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]

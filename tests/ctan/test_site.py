@@ -77,6 +77,7 @@ def test_site_sends_exactly_the_groups_it_trained(fed, tmp_path):
     assert sorted(output.arrays) == sorted(groups["encoder"] + groups["task.lesion"])
     assert not any(k.startswith("heads.") for k in output.arrays)
     assert output.counts["task.diagnosis"] == 0 and output.counts["task.lesion"] > 0
+    assert output.counts["task.lesion"] == site.describe()["labelled"]["lesion"]
     changed = [k for k in output.arrays if not np.array_equal(output.arrays[k], arrays[k])]
     assert changed
     log = (site.folder / "payloads.jsonl").read_text().splitlines()

@@ -190,6 +190,23 @@ def test_a_round_needs_min_sites_usable_updates_not_just_replies() -> None:
         require_usable_quorum(replies, rejected, 3, 3, names, 1)
 
 
+def test_a_reply_claiming_more_than_its_site_declared_is_rejected() -> None:
+    strategy = TaskAwareFedAvg(min_train_nodes=3, min_available_nodes=3)
+    messages = strategy.configure_train(1, global_record(), ConfigRecord(), FakeGrid([11, 22, 33]))
+    by_node = {m.metadata.dst_node_id: m for m in messages}
+    for node in (11, 22, 33):
+        strategy.declare(node, COUNTS[node])
+    honest = train_reply(by_node[11], 1.0)
+    inflated = {t: 100 * n for t, n in COUNTS[22].items()}
+    heavy = train_reply(by_node[22], 2.0, counts=inflated)
+    extra_task = train_reply(by_node[33], 4.0, tasks=["a", "b"], counts={"a": 1, "b": 5})
+    strategy.aggregate_train(1, [honest, heavy, extra_task])
+    rejected = strategy.last_round.rejected
+    assert sorted(rejected) == [22, 33]
+    assert "more than the" in rejected[22][0].reason and "declared" in rejected[22][0].reason
+    assert "claims task 'a', which the site did not declare" in rejected[33][0].reason
+
+
 def test_all_replies_rejected_keeps_the_model() -> None:
     strategy = TaskAwareFedAvg(min_train_nodes=1, min_available_nodes=1)
     (message,) = strategy.configure_train(1, global_record(), ConfigRecord(), FakeGrid([22]))
