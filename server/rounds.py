@@ -528,9 +528,12 @@ def _one_round(
     federation = config.federation
     start = time.perf_counter()
     record = groups_to_arrayrecord(split_groups(arrays))
-    sent_bytes = record.count_bytes()
     messages = list(strategy.configure_train(server_round, record, ConfigRecord(), grid))
     sent = {m.metadata.dst_node_id for m in messages}
+    sent_bytes = {
+        m.metadata.dst_node_id: sum(r.count_bytes() for r in m.content.array_records.values())
+        for m in messages
+    }
     replies = in_site_order(
         grid.send_and_receive(messages, timeout=federation.round_timeout), names
     )
@@ -544,7 +547,11 @@ def _one_round(
         log.log(
             server_round,
             f"train/{site}",
-            metrics | {"bytes-sent": float(sent_bytes), "bytes-received": float(received)},
+            metrics
+            | {
+                "bytes-sent": float(sent_bytes.get(reply.metadata.src_node_id, 0)),
+                "bytes-received": float(received),
+            },
         )
     new_record, _ = strategy.aggregate_train(server_round, good)
     report = strategy.last_round

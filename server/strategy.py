@@ -12,8 +12,9 @@ Messages (record names follow Flower's ``arrayrecord_key``/``configrecord_key``,
 
 - sent (train and evaluate): ``"arrays"`` = every travelling group (``encoder``, ``task.*``, and
   ``heads.*`` only with federated heads), keyed by ``state_dict`` key; ``"config"`` = the caller's
-  config plus ``server-round`` (FedProx adds ``proximal-mu``). Every sampled site gets all
-  travelling groups: in CTAN a site runs the other tasks' attention branches too, frozen.
+  config plus ``server-round`` (FedProx adds ``proximal-mu``). Every sampled site gets
+  ``encoder`` and every ``task.*`` group: in CTAN a site runs the other tasks' attention branches
+  too, frozen. ``heads.<t>`` goes only to the sites that declared task t (:meth:`declare`).
 - train reply: one ArrayRecord ``"arrays"`` with exactly the groups the site trained (all keys
   of each); one MetricRecord (any name) with ``num-examples.<group>`` (labelled examples used for
   that group, e.g. ``num-examples.encoder``, ``num-examples.task.lesion``) for every group sent,
@@ -269,8 +270,29 @@ class TaskAwareFedAvg(FedAvg):
             return []
         node_ids = self._sample(grid, server_round, fraction, min_nodes, kind)
         sent_config = ConfigRecord({**dict(config), "server-round": server_round})
-        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: sent_config})
-        return self._construct_messages(record, node_ids, kind)
+        messages: list[Message] = []
+        for node in node_ids:
+            sent_arrays = self._arrays_for(node, arrays)
+            record = RecordDict(
+                {self.arrayrecord_key: sent_arrays, self.configrecord_key: sent_config}
+            )
+            messages += self._construct_messages(record, [node], kind)
+        return messages
+
+    def _arrays_for(self, node: int, arrays: ArrayRecord) -> ArrayRecord:
+        """``arrays`` without the heads of tasks ``node`` did not declare (see :meth:`declare`):
+        a federated head travels only to the sites that hold its task."""
+        tasks = self.declared.get(node)
+        if tasks is None or self.heads != "federated":
+            return arrays
+        foreign = [
+            key
+            for key in arrays
+            if (group := group_of(key)).startswith("heads.") and group.split(".", 1)[1] not in tasks
+        ]
+        if not foreign:
+            return arrays
+        return ArrayRecord({k: a for k, a in arrays.items() if k not in foreign})
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

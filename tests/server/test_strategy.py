@@ -207,6 +207,26 @@ def test_a_reply_claiming_more_than_its_site_declared_is_rejected() -> None:
     assert "claims task 'a', which the site did not declare" in rejected[33][0].reason
 
 
+def test_a_federated_head_travels_only_to_the_sites_holding_its_task() -> None:
+    strategy = TaskAwareFedAvg(heads="federated", min_train_nodes=3, min_available_nodes=3)
+    for node, tasks in SITE_TASKS.items():
+        strategy.declare(node, dict.fromkeys(tasks, 1))
+    messages = strategy.configure_train(
+        1, global_record(heads=True), ConfigRecord(), FakeGrid([11, 22, 33])
+    )
+    sent = {m.metadata.dst_node_id: sorted(m.content["arrays"]) for m in messages}
+    assert "heads.a.w" in sent[11] and "heads.a.w" in sent[22] and "heads.a.w" not in sent[33]
+    assert all("attention.a.w" in keys and "encoder.w" in keys for keys in sent.values())
+    local = TaskAwareFedAvg(min_train_nodes=3, min_available_nodes=3)
+    local.declare(33, {"b": 1})
+    (message,) = [
+        m
+        for m in local.configure_train(1, global_record(), ConfigRecord(), FakeGrid([11, 22, 33]))
+        if m.metadata.dst_node_id == 33
+    ]
+    assert sorted(message.content["arrays"]) == sorted(global_record())
+
+
 def test_all_replies_rejected_keeps_the_model() -> None:
     strategy = TaskAwareFedAvg(min_train_nodes=1, min_available_nodes=1)
     (message,) = strategy.configure_train(1, global_record(), ConfigRecord(), FakeGrid([22]))
