@@ -251,22 +251,30 @@ def admit_newcomers(
 
     A hospital whose SuperNode comes up after the run started joins at the next round, as it
     would in Flower's own strategies, which sample from the nodes connected at each round. It
-    goes through the same query as the first sites; refused nodes are not asked again.
+    goes through the same query as the first sites; refused nodes are not asked again. A site
+    whose SuperNode came back under a new node id (a restart without SuperNode authentication)
+    takes its place again; its name is taken only while its earlier node is connected.
     ``admitted``, ``sites`` and ``turned_away`` are updated in place.
 
     Returns:
         The sites admitted now.
     """
-    new = sorted(set(grid.get_node_ids()) - admitted.admitted - turned_away)
+    connected = set(grid.get_node_ids())
+    new = sorted(connected - admitted.admitted - turned_away)
     if not new:
         return []
-    joined, refused = admit_sites(grid, config, new, taken=[s.name for s in sites])
+    live = [s.name for s in sites if s.node_id in connected]
+    joined, refused = admit_sites(grid, config, new, taken=live)
     turned_away.update(refused)
+    names = {site.name for site in joined}
+    for earlier in (s for s in sites if s.name in names):
+        admitted.admitted.discard(earlier.node_id)
+        admitted.names.pop(earlier.node_id, None)
     for site in joined:
         logger.info("round %d: site %s (node %d) joined", server_round, site.name, site.node_id)
         admitted.admitted.add(site.node_id)
         admitted.names[site.node_id] = site.name
-    sites[:] = sorted([*sites, *joined], key=lambda site: site.name)
+    sites[:] = sorted([*(s for s in sites if s.name not in names), *joined], key=lambda s: s.name)
     return joined
 
 

@@ -173,3 +173,12 @@ def test_sites_that_connect_later_are_admitted_at_the_next_round(
     with caplog.at_level(logging.ERROR, logger="server.rounds"):
         assert admit_newcomers(grid, config, admitted, sites, turned_away, 4) == []
     assert "refused" not in caplog.text
+    grid.sites[4] = (0, server)
+    assert admit_newcomers(grid, config, admitted, sites, turned_away, 5) == []
+    assert turned_away == {2, 4}
+    del grid.sites[1]
+    grid.sites[5] = (0, server)
+    joined = admit_newcomers(grid, config, admitted, sites, turned_away, 6)
+    assert [(s.node_id, s.name) for s in joined] == [(5, "a")]
+    assert [(s.node_id, s.name) for s in sites] == [(5, "a"), (3, "b")]
+    assert admitted.names == {3: "b", 5: "a"}
