@@ -56,8 +56,10 @@ def query(message: Message, context: Context) -> Message:
     """Tell the server what this site holds and which model it builds."""
     description = site_runner(context).describe()
     labelled = description.pop("labelled")
+    cases = int(description.pop("train-cases"))
     reply = ConfigRecord({k: v for k, v in description.items() if v is not None})
     counts = MetricRecord({f"labelled.{task}": int(n) for task, n in labelled.items()})
+    counts["train-cases"] = cases
     return Message(RecordDict({"site": reply, "counts": counts}), reply_to=message)
 
 
@@ -77,7 +79,10 @@ def train(message: Message, context: Context) -> Message:
     runner = site_runner(context)
     config = message.content.config_records.get("config", ConfigRecord())
     output = runner.train_round(
-        int(config["server-round"]), _arrays(message), float(config.get("proximal-mu", 0.0))
+        int(config["server-round"]),
+        _arrays(message),
+        float(config.get("proximal-mu", 0.0)),
+        run=str(config.get("federation-run", "")),
     )
     metrics = {f"{WEIGHT_KEY}.{group}": count for group, count in output.counts.items()}
     metrics[WEIGHT_KEY] = int(output.counts.get("encoder", max(output.counts.values(), default=0)))
@@ -100,7 +105,12 @@ def evaluate(message: Message, context: Context) -> Message:
     runner = site_runner(context)
     config = message.content.config_records.get("config", ConfigRecord())
     split = str(config.get("split", "validation"))
-    metrics, counts = runner.evaluate_round(int(config["server-round"]), _arrays(message), split)
+    metrics, counts = runner.evaluate_round(
+        int(config["server-round"]),
+        _arrays(message),
+        split,
+        run=str(config.get("federation-run", "")),
+    )
     record = {f"{WEIGHT_KEY}.task.{task}": n for task, n in counts.items()}
     record[WEIGHT_KEY] = max(counts.values(), default=0)
     record |= metrics

@@ -58,17 +58,18 @@ class RunLog:
             self._writer = SummaryWriter(str(self.folder / "tensorboard"), purge_step=purge)
 
     def _drop_after(self, step: int) -> None:
-        """Rewrite the CSV and JSON lines without the records of steps after ``step``."""
+        """Rewrite the CSV and JSON lines without the records of steps after ``step``, and
+        without a record torn by a crash in the middle of writing it."""
         if self.csv_path.is_file():
             with self.csv_path.open(newline="") as file:
                 rows = list(csv.reader(file))
-            kept = [rows[0], *(r for r in rows[1:] if r and int(r[0]) <= step)] if rows else []
+            kept = [rows[0], *(r for r in rows[1:] if _csv_step(r) <= step)] if rows else []
             buffer = io.StringIO()
             csv.writer(buffer).writerows(kept)
             atomic_write_bytes(self.csv_path, lambda f: f.write(buffer.getvalue().encode()))
         if self.jsonl_path.is_file():
             lines = self.jsonl_path.read_text().splitlines()
-            kept_lines = [line for line in lines if line and json.loads(line)["step"] <= step]
+            kept_lines = [line for line in lines if _jsonl_step(line) <= step]
             text = "".join(f"{line}\n" for line in kept_lines)
             atomic_write_bytes(self.jsonl_path, lambda f: f.write(text.encode()))
 
@@ -88,6 +89,23 @@ class RunLog:
         self._jsonl.close()
         if self._writer is not None:
             self._writer.close()
+
+
+def _csv_step(row: list[str]) -> float:
+    """The step of a CSV record; infinite for a torn or malformed one (so it is dropped)."""
+    try:
+        float(row[3])
+        return int(row[0])
+    except (IndexError, ValueError):
+        return math.inf
+
+
+def _jsonl_step(line: str) -> float:
+    """The step of a JSON lines record; infinite for a torn or malformed one."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 def read_log(csv_path: Path) -> dict[str, dict[str, list[tuple[int, float]]]]:

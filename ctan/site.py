@@ -220,6 +220,7 @@ class SiteRunner:
             "tasks": self.held_tasks(),
             "tasks-without-labels": lacking,
             "labelled": counts,
+            "train-cases": len(self.splits()["train"]),
             "code-version": __version__,
             "model-signature": signature_digest(signature),
             "model-keys": signature,
@@ -312,8 +313,30 @@ class SiteRunner:
         model.load_state_dict(state)
         return model, previous[1] if previous is not None else None
 
+    def _join_run(self, run: str) -> None:
+        """Start keeping state for federation run ``run`` (named by the server; a resume keeps
+        the name): the round states and best model another run left are removed, so that no
+        round of this run restores them, also where the site first trains after round 1."""
+        if not run:
+            return
+        marker = self.folder / "run"
+        earlier = marker.read_text().strip() if marker.is_file() else None
+        if earlier == run:
+            return
+        if self.folder.is_dir():
+            for path in self.folder.iterdir():
+                if STATE_FILE.match(path.name) or path.name == "best.pt":
+                    path.unlink(missing_ok=True)
+        if earlier is not None:
+            logger.info("site %s: run %s replaces run %s", self.site.name, run, earlier)
+        atomic_write_bytes(marker, lambda f: f.write(f"{run}\n".encode()))
+
     def train_round(
-        self, server_round: int, global_arrays: Mapping[str, np.ndarray], proximal_mu: float = 0.0
+        self,
+        server_round: int,
+        global_arrays: Mapping[str, np.ndarray],
+        proximal_mu: float = 0.0,
+        run: str = "",
     ) -> RoundOutput:
         """Load the server's groups, train ``local_epochs`` on the site's labels, save state.
 
@@ -321,12 +344,15 @@ class SiteRunner:
             server_round: the round (1-based); site state of earlier rounds is restored.
             global_arrays: the travelling groups by ``state_dict`` key.
             proximal_mu: FedProx coefficient (0: none); applies to travelling groups trained.
+            run: the federation run the round belongs to (``""``: not named); state left by
+                another run is removed first.
 
         Returns:
             Exactly the groups trained, counts per group sent, metrics.
         """
         from ctan.data.dataset import CaseDataset
 
+        self._join_run(run)
         model, previous = self._prepared(server_round, global_arrays, newest=server_round)
         tasks = self.held_tasks()
         trained = trainable_groups(model, tasks)
@@ -376,12 +402,17 @@ class SiteRunner:
         return RoundOutput(arrays, counts, metrics, returned)
 
     def evaluate_round(
-        self, server_round: int, global_arrays: Mapping[str, np.ndarray], split: str = "validation"
+        self,
+        server_round: int,
+        global_arrays: Mapping[str, np.ndarray],
+        split: str = "validation",
+        run: str = "",
     ) -> tuple[dict[str, float], dict[str, int]]:
         """Score the site's personalised model (server groups + its own heads) on ``split``.
 
         Also writes the personalised model to ``<site state>/model.pt`` (a ctan checkpoint)
-        and, on the validation split, keeps the best round's in ``best.pt``.
+        and, on the validation split, keeps the best round's in ``best.pt``. ``run`` as in
+        :meth:`train_round`.
 
         Returns:
             ``({"<task>.<metric>": value, "<task>.loss": value}, {task: labelled cases})`` for
@@ -389,6 +420,7 @@ class SiteRunner:
         """
         from ctan.prediction import evaluate_cases
 
+        self._join_run(run)
         model, _ = self._prepared(server_round, global_arrays, newest=server_round + 1)
         cases = self.splits()[split]
         if not cases:

@@ -33,7 +33,8 @@ if [[ ${#FORMAT[@]} -eq 0 ]]; then
     exit
 fi
 # With --format json, flwr prints {"success": false, ...} and exits 0 when it fails.
-LISTED="$(FLWR_HOME="${CLI_HOME}" "$(flower_bin flwr)" supernode list "${FORMAT[@]}" "${CONNECTION}")"
+LISTED="$(FLWR_HOME="${CLI_HOME}" "$(flower_bin flwr)" supernode list "${FORMAT[@]}" "${CONNECTION}")" \
+    || { echo "${LISTED:-}"; die "flwr supernode list failed"; }
 echo "${LISTED}"
 python3 -c 'import json, sys; sys.exit(0 if json.loads(sys.argv[1]).get("success", True) else 1)' \
     "${LISTED}" || die "flwr supernode list failed (see the JSON above)"

@@ -72,13 +72,21 @@ if [[ "${SERVER_ONLY}" -eq 0 ]]; then
         -addext "keyUsage=critical,keyCertSign,cRLSign" \
         -keyout "${OUT}/ca.key" -out "${OUT}/ca.crt" 2>/dev/null
 fi
+# The SuperLink's key and certificate are made beside the old ones and moved into place only
+# once both exist, so a failure (say, a ca.key that does not match ca.crt) leaves a working pair.
+NEW_KEY="${OUT}/.server.key.new"
+NEW_PEM="${OUT}/.server.pem.new"
+trap 'rm -f "${NEW_KEY}" "${NEW_PEM}" "${OUT}/server.csr" "${OUT}/ca.srl"' EXIT
 openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-384 -nodes -sha384 \
-    -subj "/CN=fedctan superlink" -keyout "${OUT}/server.key" -out "${OUT}/server.csr" 2>/dev/null
-openssl x509 -req -in "${OUT}/server.csr" -CA "${OUT}/ca.crt" -CAkey "${OUT}/ca.key" \
-    -CAcreateserial -days "${DAYS}" -sha384 -out "${OUT}/server.pem" \
+    -subj "/CN=fedctan superlink" -keyout "${NEW_KEY}" -out "${OUT}/server.csr" 2>/dev/null \
+    || die "openssl could not make the SuperLink key"
+SIGNED="$(openssl x509 -req -in "${OUT}/server.csr" -CA "${OUT}/ca.crt" -CAkey "${OUT}/ca.key" \
+    -CAcreateserial -days "${DAYS}" -sha384 -out "${NEW_PEM}" \
     -extfile <(printf 'subjectAltName=%s\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n' "${SAN_LIST}") \
-    2>/dev/null
-rm -f "${OUT}/server.csr" "${OUT}/ca.srl"
+    2>&1)" || die "signing the SuperLink certificate with ${OUT}/ca.key failed (is it the key" \
+        "of ${OUT}/ca.crt?); the files in ${OUT} are unchanged: ${SIGNED}"
+mv "${NEW_KEY}" "${OUT}/server.key"
+mv "${NEW_PEM}" "${OUT}/server.pem"
 chmod 600 "${OUT}/ca.key" "${OUT}/server.key"
 chmod 644 "${OUT}/ca.crt" "${OUT}/server.pem"
 if [[ "${SERVER_ONLY}" -eq 1 ]]; then

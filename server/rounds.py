@@ -40,6 +40,11 @@ STATE_NAME = "server-state.pt"
 BEST_MODEL_NAME = "best_global_model.pt"
 #: the message telling a refused site why (``@app.query("refused")`` in the client app)
 REFUSAL_NOTICE = f"{MessageType.QUERY}.refused"
+#: the config entry naming the run (its folder, which a resume keeps), so that a site can tell
+#: its states of this run from those an earlier run of the federation left
+RUN_KEY = "federation-run"
+#: how a refusal for a site name another connected node holds begins
+NAME_TAKEN = "another node already joined as site"
 #: seconds the server waits for refused sites to acknowledge the notice of their refusal
 REFUSAL_NOTICE_TIMEOUT = 30.0
 
@@ -57,6 +62,7 @@ class SiteInfo:
     tasks: list[str]
     labelled: dict[str, int]
     code_version: str
+    train_cases: int | None = None
 
 
 @dataclass
@@ -140,13 +146,18 @@ def wait_for_nodes(grid: Grid, needed: int, timeout: float) -> list[int]:
         time.sleep(1.0)
 
 
-def query_sites(grid: Grid, config: Config, nodes: list[int]) -> list[SiteInfo]:
+def query_sites(
+    grid: Grid, config: Config, nodes: list[int]
+) -> tuple[list[SiteInfo], dict[int, str]]:
     """Ask every node what it holds; admit those whose model matches and hold a task.
 
     The admitted sites come in site-name order, whatever order the replies arrived in, so the
     console, the report and the model card list them alike from run to run. A site refused for
     what it answered is told why (a ``query.refused`` message carrying the reason, which its app
     logs), so the hospital learns it from its own SuperNode log.
+
+    Returns:
+        The admitted sites and the refusals (node id: reason).
 
     Raises:
         FederationError: fewer than ``min_sites`` sites can be admitted (each refusal named).
@@ -157,7 +168,13 @@ def query_sites(grid: Grid, config: Config, nodes: list[int]) -> list[SiteInfo]:
             f"{len(admitted)} sites admitted, federation.min_sites is "
             f"{config.federation.min_sites}; refused: {refused or 'none'}"
         )
-    return admitted
+    return admitted, refused
+
+
+def for_good(refused: Mapping[int, str]) -> set[int]:
+    """The refused nodes not to ask again in this run: all but those refused for a site name
+    that was taken, which frees up when the node holding it disconnects."""
+    return {node for node, reason in refused.items() if not reason.startswith(NAME_TAKEN)}
 
 
 def admit_sites(
@@ -197,7 +214,7 @@ def admit_sites(
             refused[node] = f"its answer to the query is malformed ({type(err).__name__}: {err})"
             continue
         if reason is None and site.name in names:
-            reason = f"another node already joined as site {site.name!r}; site names must be unique"
+            reason = f"{NAME_TAKEN} {site.name!r}; site names must be unique"
         if reason is not None:
             refused[node] = reason
             continue
@@ -218,12 +235,16 @@ def _site_of(
     """A node's answer to the query as a site, and why it is refused (``None``: admitted)."""
     site = reply.content.config_records["site"]
     counts = reply.content.metric_records.get("counts", {})
+    labelled = {
+        k.removeprefix("labelled."): int(v) for k, v in counts.items() if k.startswith("labelled.")
+    }
     info = SiteInfo(
         node,
         str(site["site"]),
         [str(t) for t in site["tasks"]],
-        {k.removeprefix("labelled."): int(v) for k, v in counts.items()},
+        labelled,
         str(site["code-version"]),
+        int(counts["train-cases"]) if "train-cases" in counts else None,
     )
     difference = signature_difference(signature, list(site["model-keys"]))
     if difference:
@@ -251,7 +272,8 @@ def admit_newcomers(
 
     A hospital whose SuperNode comes up after the run started joins at the next round, as it
     would in Flower's own strategies, which sample from the nodes connected at each round. It
-    goes through the same query as the first sites; refused nodes are not asked again. A site
+    goes through the same query as the first sites; refused nodes are not asked again (but for
+    a taken site name, see :func:`for_good`). A site
     whose SuperNode came back under a new node id (a restart without SuperNode authentication)
     takes its place again; its name is taken only while its earlier node is connected.
     ``admitted``, ``sites`` and ``turned_away`` are updated in place.
@@ -265,7 +287,7 @@ def admit_newcomers(
         return []
     live = [s.name for s in sites if s.node_id in connected]
     joined, refused = admit_sites(grid, config, new, taken=live)
-    turned_away.update(refused)
+    turned_away.update(for_good(refused))
     names = {site.name for site in joined}
     for earlier in (s for s in sites if s.name in names):
         admitted.admitted.discard(earlier.node_id)
@@ -347,6 +369,13 @@ def _ok(
             f"federation.min_sites is {min_sites}; missing or failed: {missing}"
         )
     return good
+
+
+def declare(strategy: Any, site: SiteInfo) -> None:
+    """Hold ``site``'s train replies to what it answered at the query (see
+    :meth:`server.strategy.TaskAwareFedAvg.declare`)."""
+    labelled = {t: site.labelled.get(t, 0) for t in site.tasks}
+    strategy.declare(site.node_id, labelled, site.train_cases)
 
 
 def require_same_arrays(
@@ -445,11 +474,11 @@ def run_federation(grid: Grid, config: Config, resume: bool = False) -> Federati
         folder = base / f"run-{stamp}"
         folder.mkdir(parents=True, exist_ok=True)
     nodes = wait_for_nodes(grid, federation.min_sites, federation.round_timeout)
-    sites = query_sites(grid, config, nodes)
+    sites, refused = query_sites(grid, config, nodes)
     admitted = AdmittedGrid(grid, {s.node_id: s.name for s in sites})
-    turned_away = set(nodes) - admitted.admitted
+    turned_away = for_good(refused)
     for site in sites:
-        strategy.declare(site.node_id, {t: site.labelled.get(t, 0) for t in site.tasks})
+        declare(strategy, site)
     console.print(
         f"[bold]federation {federation.id}[/bold]: {len(sites)} sites "
         + ", ".join(f"{s.name} {s.tasks}" for s in sites)
@@ -459,7 +488,7 @@ def run_federation(grid: Grid, config: Config, resume: bool = False) -> Federati
         for server_round in range(first, federation.rounds + 1):
             joined = admit_newcomers(grid, config, admitted, sites, turned_away, server_round)
             for site in joined:
-                strategy.declare(site.node_id, {t: site.labelled.get(t, 0) for t in site.tasks})
+                declare(strategy, site)
                 console.print(f"round {server_round}: site {site.name} {site.tasks} joined")
             arrays, validation = _one_round(
                 server_round, arrays, strategy, admitted, config, admitted.names, log, console
@@ -536,7 +565,8 @@ def _one_round(
     federation = config.federation
     start = time.perf_counter()
     record = groups_to_arrayrecord(split_groups(arrays))
-    messages = list(strategy.configure_train(server_round, record, ConfigRecord(), grid))
+    run = ConfigRecord({RUN_KEY: log.folder.name})
+    messages = list(strategy.configure_train(server_round, record, run, grid))
     sent = {m.metadata.dst_node_id for m in messages}
     sent_bytes = {
         m.metadata.dst_node_id: sum(r.count_bytes() for r in m.content.array_records.values())
@@ -575,7 +605,7 @@ def _one_round(
     train_wall = time.perf_counter() - start
     eval_messages = list(
         strategy.configure_evaluate(
-            server_round, new_record, ConfigRecord({"split": "validation"}), grid
+            server_round, new_record, ConfigRecord({"split": "validation", **run}), grid
         )
     )
     eval_sent = {m.metadata.dst_node_id for m in eval_messages}

@@ -72,7 +72,7 @@ from ctan.config import (
     ServerOptimizerConfig,
     ServerSGDConfig,
 )
-from ctan.models.groups import group_of
+from ctan.models.groups import ENCODER_GROUP, group_of
 from server.aggregation import (
     Groups,
     HeadsMode,
@@ -193,13 +193,19 @@ class TaskAwareFedAvg(FedAvg):
         self._sent: Groups | None = None
         self.last_round: RoundReport | None = None
         self.declared: dict[int, dict[str, int]] = {}
+        self.declared_cases: dict[int, int] = {}
 
-    def declare(self, node_id: int, labelled: Mapping[str, int]) -> None:
+    def declare(
+        self, node_id: int, labelled: Mapping[str, int], train_cases: int | None = None
+    ) -> None:
         """What an admitted site said it holds at the ``query``: labelled training examples per
-        task. Its train replies are then held to it: a reply that claims another task, or more
-        labelled examples for a task than declared (which would weigh it up in the average), is
-        rejected. Nodes never declared are not checked."""
+        task, and training cases. Its train replies are then held to it: a reply that claims
+        another task, more labelled examples for a task than declared, or more encoder examples
+        than training cases (either would weigh it up in the average) is rejected. Nodes never
+        declared are not checked."""
         self.declared[node_id] = dict(labelled)
+        if train_cases is not None:
+            self.declared_cases[node_id] = int(train_cases)
 
     def summary(self) -> None:
         """Log the grouping settings, then Flower's summary."""
@@ -383,14 +389,17 @@ class TaskAwareFedAvg(FedAvg):
             for task in tasks
             if task not in declared
         ]
+        limits = {f"task.{t}": n for t, n in declared.items()}
+        limits |= {f"heads.{t}": n for t, n in declared.items()}
+        if node in self.declared_cases:
+            limits[ENCODER_GROUP] = self.declared_cases[node]
         for group, count in counts.items():
-            task = group.split(".", 1)[1] if group.startswith(("task.", "heads.")) else None
-            if task in declared and isinstance(count, int | float) and count > declared[task]:
+            limit = limits.get(group)
+            if limit is not None and isinstance(count, int | float) and count > limit:
                 problems.append(
                     Problem(
                         f"{self.weighted_by_key}.{group}",
-                        f"{count} labelled examples, more than the {declared[task]} the site "
-                        "declared",
+                        f"{count} examples, more than the {limit} the site declared",
                     )
                 )
         return problems

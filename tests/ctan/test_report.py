@@ -30,3 +30,16 @@ def test_a_resumed_log_starts_cleanly_without_earlier_files(tmp_path: Path) -> N
     log.close()
     assert read_log(tmp_path / "new" / "metrics.csv") == {"train": {"loss": [(5, 1.0)]}}
     assert any((tmp_path / "new" / "tensorboard").iterdir())
+
+
+def test_a_resumed_log_drops_a_record_torn_by_a_crash(tmp_path: Path) -> None:
+    log = RunLog(tmp_path, tensorboard=False)
+    log.log(1, "train", {"loss": 1.0})
+    log.close()
+    with (tmp_path / "metrics.csv").open("a") as file:
+        file.write("2,tra")
+    with (tmp_path / "metrics.jsonl").open("a") as file:
+        file.write('{"step": 2, "spl')
+    RunLog(tmp_path, tensorboard=False, keep_until=2).close()
+    assert read_log(tmp_path / "metrics.csv") == {"train": {"loss": [(1, 1.0)]}}
+    assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 1

@@ -190,6 +190,15 @@ def test_certificates_cover_extra_names(tmp_path: Path) -> None:
     refused = run_script("make_certificates.sh", "--out", str(empty), "--server-only", cwd=tmp_path)
     assert refused.returncode != 0 and "ca.key" in refused.stderr
 
+    other = tmp_path / "other"
+    assert run_script("make_certificates.sh", "--out", str(other), cwd=tmp_path).returncode == 0
+    shutil.copy2(other / "ca.key", out / "ca.key")
+    pair = {name: (out / name).read_bytes() for name in ("server.key", "server.pem")}
+    wrong = run_script("make_certificates.sh", "--out", str(out), "--server-only", cwd=tmp_path)
+    assert wrong.returncode != 0 and "do not match" in wrong.stderr
+    assert {name: (out / name).read_bytes() for name in pair} == pair
+    assert sorted(p.name for p in out.iterdir()) == ["ca.crt", "ca.key", "server.key", "server.pem"]
+
 
 @NEEDS_TOOLS
 def test_join_refuses_open_or_wrong_private_keys(tmp_path: Path) -> None:

@@ -195,7 +195,7 @@ def test_a_reply_claiming_more_than_its_site_declared_is_rejected() -> None:
     messages = strategy.configure_train(1, global_record(), ConfigRecord(), FakeGrid([11, 22, 33]))
     by_node = {m.metadata.dst_node_id: m for m in messages}
     for node in (11, 22, 33):
-        strategy.declare(node, COUNTS[node])
+        strategy.declare(node, COUNTS[node], sum(COUNTS[node].values()))
     honest = train_reply(by_node[11], 1.0)
     inflated = {t: 100 * n for t, n in COUNTS[22].items()}
     heavy = train_reply(by_node[22], 2.0, counts=inflated)
@@ -203,8 +203,16 @@ def test_a_reply_claiming_more_than_its_site_declared_is_rejected() -> None:
     strategy.aggregate_train(1, [honest, heavy, extra_task])
     rejected = strategy.last_round.rejected
     assert sorted(rejected) == [22, 33]
-    assert "more than the" in rejected[22][0].reason and "declared" in rejected[22][0].reason
+    reasons = {p.key: p.reason for p in rejected[22]}
+    assert reasons["num-examples.task.a"] == "2000 examples, more than the 20 the site declared"
+    assert reasons["num-examples.encoder"] == "2000 examples, more than the 20 the site declared"
     assert "claims task 'a', which the site did not declare" in rejected[33][0].reason
+    only_cases = TaskAwareFedAvg(min_train_nodes=1, min_available_nodes=1)
+    (message,) = only_cases.configure_train(1, global_record(), ConfigRecord(), FakeGrid([22]))
+    only_cases.declare(22, {"a": 1000}, train_cases=20)
+    only_cases.aggregate_train(1, [train_reply(message, 1.0, counts={"a": 21})])
+    (problem,) = only_cases.last_round.rejected[22]
+    assert problem.key == "num-examples.encoder"
 
 
 def test_a_federated_head_travels_only_to_the_sites_holding_its_task() -> None:
