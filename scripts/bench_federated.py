@@ -54,6 +54,7 @@ every row of an ablation whose change was later shipped in the suite's config.
     python scripts/bench_federated.py                 # full run, all suites
     python scripts/bench_federated.py --quick         # smoke check, under 5 minutes
     python scripts/bench_federated.py --suite derm --seeds 0
+    python scripts/bench_federated.py --suite derm --variants federated-ctan   # keep the others
     python scripts/bench_federated.py --only-overhead deployment
     python scripts/bench_federated.py --suite derm --ablation federated-heads
 """
@@ -995,11 +996,17 @@ def ablation_of(stem: str) -> str | None:
     return rest.removeprefix("_") or None
 
 
-def merge_earlier_seeds(stored: Mapping[str, Any] | None, fresh: dict[str, Any]) -> dict[str, Any]:
-    """``fresh`` (a new suite skeleton) with the runs of ``stored`` for seeds not run now.
+def merge_earlier_seeds(
+    stored: Mapping[str, Any] | None,
+    fresh: dict[str, Any],
+    variants: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """``fresh`` (a new suite skeleton) with the runs of ``stored`` not run now: those of other
+    seeds and, when only some ``variants`` run, the other variants' runs of these seeds.
 
-    A suite takes hours, so it can be run a few seeds at a time (``--seeds``); earlier seeds
-    are kept only when every setting matches, so a table never mixes configurations.
+    A suite takes hours, so it can be run a few seeds (``--seeds``) or variants
+    (``--variants``) at a time; stored runs are kept only when every setting matches, so a
+    table never mixes configurations.
 
     Returns:
         ``fresh`` itself, its ``runs``, ``seeds``, ``wall_seconds`` and ``site_sizes`` (those of
@@ -1007,7 +1014,12 @@ def merge_earlier_seeds(stored: Mapping[str, Any] | None, fresh: dict[str, Any])
     """
     if not stored or any(stored.get(k) != fresh[k] for k in SETTINGS_KEYS):
         return fresh
-    kept = [r for r in stored.get("runs", []) if r["seed"] not in fresh["seeds"]]
+    rerun = set(VARIANTS if variants is None else variants)
+    kept = [
+        r
+        for r in stored.get("runs", [])
+        if r["seed"] not in fresh["seeds"] or r["variant"] not in rerun
+    ]
     if not kept:
         return fresh
     earlier = sorted({r["seed"] for r in kept})
@@ -1191,8 +1203,16 @@ def run_variant(
     return result["sites"]
 
 
-def run_suite(name: str, seeds: Sequence[int], quick: bool, work: Path, report: Report) -> None:
-    """Every variant of one suite for every seed; the report is rewritten after each run."""
+def run_suite(
+    name: str,
+    seeds: Sequence[int],
+    quick: bool,
+    work: Path,
+    report: Report,
+    only: Sequence[str] | None = None,
+) -> None:
+    """Every variant of one suite (or the ``only`` ones, keeping the stored runs of the others)
+    for every seed; the report is rewritten after each run."""
     suite = SUITES[name]
     archs = ("ctan",) if quick else FEDERATED_ARCHS
     variants = ("centralised-ctan", "alone-ctan", *(f"federated-{a}" for a in archs))
@@ -1204,14 +1224,16 @@ def run_suite(name: str, seeds: Sequence[int], quick: bool, work: Path, report: 
         splits = site_splits(config)
         if not record:
             fresh = suite_record(suite, config, seeds, splits)
-            record = merge_earlier_seeds(report.data["suites"].get(name), fresh)
+            record = merge_earlier_seeds(report.data["suites"].get(name), fresh, only)
             if record["runs"]:
-                kept = sorted({r["seed"] for r in record["runs"]})
-                print(f"{name}: keeping the stored runs of seeds {kept}", flush=True)
+                kept = sorted({(r["variant"], r["seed"]) for r in record["runs"]})
+                print(f"{name}: keeping the stored runs {kept}", flush=True)
             start = time.perf_counter() - record["wall_seconds"]
             report.data["suites"][name] = record
             reusable = report.reusable(name, record)
         for variant in variants:
+            if only is not None and variant not in only:
+                continue
             reused = reusable.get((variant, seed))
             if reused is not None:
                 run, took = reused, f"from {reused['reused_from']}"
@@ -1311,6 +1333,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="default 0 1 2 (quick: 0); the stored runs of other seeds are kept when the "
         "suite's settings are unchanged",
     )
+    parser.add_argument(
+        "--variants",
+        choices=VARIANTS,
+        nargs="+",
+        help="run only these variants; the stored runs of the others are kept when the suite's "
+        "settings are unchanged",
+    )
     parser.add_argument("--no-overhead", action="store_true", help="skip the overhead runs")
     parser.add_argument(
         "--only-overhead",
@@ -1353,7 +1382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     seeds = args.seeds or list(QUICK_SEEDS if args.quick else FULL_SEEDS)
     if args.only_overhead is None:
         for name in args.suite or list(SUITES):
-            run_suite(name, seeds, args.quick, work, report)
+            run_suite(name, seeds, args.quick, work, report, args.variants)
     skip = args.quick or args.no_overhead or args.ablation
     overhead = "none" if skip else (args.only_overhead or "both")
     if overhead in ("simulation", "both"):

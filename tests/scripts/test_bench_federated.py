@@ -337,6 +337,14 @@ def test_earlier_seeds_are_kept_only_with_the_same_settings():
     changed = bench.merge_earlier_seeds(_suite([0, 1], batch=8), _suite([2]) | {"runs": []})
     assert changed["seeds"] == [2] and changed["runs"] == []
     assert bench.merge_earlier_seeds(None, _suite([2]))["seeds"] == [2]
+    federated = bench.merge_earlier_seeds(
+        _suite([0, 1]), _suite([1]) | {"runs": []}, ["federated-ctan", "alone-ctan"]
+    )
+    assert sorted((r["variant"], r["seed"]) for r in federated["runs"]) == [
+        ("alone-ctan", 0),
+        ("centralised-ctan", 0),
+        ("centralised-ctan", 1),
+    ]
 
 
 def test_a_suite_is_complete_with_every_variant_of_every_seed():
