@@ -358,7 +358,8 @@ def byte_excess(serialized: int, raw: int) -> float:
 
 
 def render_table(suite: Mapping[str, Any]) -> str:
-    """A markdown table of one suite: every variant's task metrics (mean ± sd over seeds).
+    """A markdown table of one suite: every variant's task metrics (mean ± sd over seeds); a
+    variant run on fewer of the suite's seeds than the others says so.
 
     Args:
         suite: a suite record (``tasks`` with ``higher_is_better``, ``summary``).
@@ -370,8 +371,10 @@ def render_table(suite: Mapping[str, Any]) -> str:
     ]
     header = ["variant", *[f"{t} {m} {arrow}" for t, m, arrow in columns]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    seeds = len(suite.get("seeds", []))
     for variant, scores in suite["summary"].items():
-        cells = [variant]
+        runs = max((scores[t][m].get("n", seeds) for t, m, _ in columns), default=seeds)
+        cells = [variant if runs >= seeds else f"{variant} (seeds run: {runs} of {seeds})"]
         for task, metric, _ in columns:
             stats = scores[task][metric]
             spread = f" ± {number_text(stats['sd'], 2)}" if finite(stats["sd"]) else ""

@@ -167,6 +167,16 @@ def test_table_has_a_row_per_variant_with_direction_arrows():
     assert len(lines) == 4
 
 
+def test_a_variant_run_on_fewer_seeds_says_so():
+    runs = [_run("centralised-ctan", s, 2.0, 0.8) for s in (0, 1)]
+    runs.append(_run("federated-ctan", 0, 2.1, 0.7))
+    suite = _report()["suites"]["openkbp"] | {"seeds": [0, 1]}
+    suite["summary"] = bench.json_safe(bench.summarise(runs, TASKS))
+    lines = bench.render_table(suite).splitlines()
+    assert lines[2].startswith("| centralised-ctan | 2.00 ± 0 |")
+    assert lines[3].startswith("| federated-ctan (seeds run: 1 of 2) | 2.10 |")
+
+
 def test_section_names_ratios_bytes_heads_and_overhead():
     section = bench.render_section(_report())
     assert "#### openkbp" in section
