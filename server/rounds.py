@@ -79,17 +79,15 @@ class AdmittedGrid:
     """A view of a Grid that only shows the nodes admitted after the ``query``.
 
     Attributes:
-        admitted: the admitted node ids.
-        names: the site name of each admitted node.
+        names: the site name of each admitted node (its keys are the admitted node ids).
     """
 
     def __init__(self, grid: Grid, names: Mapping[int, str]) -> None:
         self._grid = grid
         self.names = dict(names)
-        self.admitted = set(self.names)
 
     def get_node_ids(self) -> list[int]:
-        return [n for n in self._grid.get_node_ids() if n in self.admitted]
+        return [n for n in self._grid.get_node_ids() if n in self.names]
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
@@ -282,7 +280,7 @@ def admit_newcomers(
         The sites admitted now.
     """
     connected = set(grid.get_node_ids())
-    new = sorted(connected - admitted.admitted - turned_away)
+    new = sorted(connected - admitted.names.keys() - turned_away)
     if not new:
         return []
     live = [s.name for s in sites if s.node_id in connected]
@@ -290,11 +288,9 @@ def admit_newcomers(
     turned_away.update(for_good(refused))
     names = {site.name for site in joined}
     for earlier in (s for s in sites if s.name in names):
-        admitted.admitted.discard(earlier.node_id)
         admitted.names.pop(earlier.node_id, None)
     for site in joined:
         logger.info("round %d: site %s (node %d) joined", server_round, site.name, site.node_id)
-        admitted.admitted.add(site.node_id)
         admitted.names[site.node_id] = site.name
     sites[:] = sorted([*(s for s in sites if s.name not in names), *joined], key=lambda s: s.name)
     return joined
