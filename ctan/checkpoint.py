@@ -102,7 +102,8 @@ def load_checkpoint(path: Path, config: Config | None = None) -> Checkpoint:
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: the file is not a checkpoint of this project, or it does not match
+        ValueError: the file is not a checkpoint of this project, was written by a newer
+            version whose format or config settings this one does not know, or does not match
             ``config`` (the message names each difference).
     """
     path = Path(path)
@@ -112,11 +113,25 @@ def load_checkpoint(path: Path, config: Config | None = None) -> Checkpoint:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise ValueError(f"checkpoint {str(path)!r} cannot be read: {err}") from err
-    if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION:
+    if not isinstance(payload, dict) or not isinstance(payload.get("format_version"), int):
         raise ValueError(
             f"{str(path)!r} is not a checkpoint of this project (format {FORMAT_VERSION})"
         )
-    saved = load_config(payload["config"])
+    writer = payload.get("code_version") or "an unknown version"
+    if payload["format_version"] > FORMAT_VERSION:
+        raise ValueError(
+            f"checkpoint {str(path)!r} has format {payload['format_version']} (written by ctan "
+            f"{writer}); this ctan {__version__} reads format {FORMAT_VERSION}: upgrade ctan to "
+            "read it"
+        )
+    try:
+        saved = load_config(payload["config"])
+    except (KeyError, ValueError) as err:
+        raise ValueError(
+            f"checkpoint {str(path)!r} (written by ctan {writer}) holds a config that this ctan "
+            f"{__version__} cannot read; a checkpoint of a newer ctan needs that version or "
+            f"later: {err}"
+        ) from err
     if config is not None:
         problems = checkpoint_mismatch(saved, config)
         if problems:

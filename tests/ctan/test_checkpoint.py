@@ -44,6 +44,10 @@ def test_missing_and_foreign_files(tmp_path: Path):
     torch.save({"weights": 1}, foreign)
     with pytest.raises(ValueError, match="not a checkpoint of this project"):
         load_checkpoint(foreign)
+    future = tmp_path / "future.pt"
+    torch.save({"format_version": 99, "code_version": "9.0"}, future)
+    with pytest.raises(ValueError, match=r"future\.pt.*format 99 \(written by ctan 9\.0\)"):
+        load_checkpoint(future)
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="cannot be read"):
@@ -63,3 +67,17 @@ def test_write_is_atomic(tmp_path: Path, monkeypatch):
         save_checkpoint(path, build_model(config), config)
     assert path.read_bytes() == original
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]
+
+
+def test_checkpoint_with_settings_this_version_lacks_names_the_file_and_setting(tmp_path: Path):
+    config = make_config("hps", size=32, widths=[8, 16, 32])
+    path = save_checkpoint(tmp_path / "newer.pt", build_model(config), config)
+    payload = torch.load(path, weights_only=True)
+    payload["config"]["train"]["setting_of_a_later_version"] = 1
+    payload["code_version"] = "9.0"
+    torch.save(payload, path)
+    with pytest.raises(ValueError) as raised:
+        load_checkpoint(path)
+    message = str(raised.value)
+    assert "newer.pt" in message and "written by ctan 9.0" in message
+    assert "setting_of_a_later_version" in message
