@@ -119,6 +119,12 @@ def load_state(path: Path) -> dict[str, Any]:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise FederationError(f"server state {path} cannot be read: {err}") from err
+    needed = {"round", "seed", "folder", "arrays", "strategy"}
+    if not isinstance(data, dict) or not needed <= data.keys():
+        raise FederationError(
+            f"{path} is not a server state of this project (it needs {sorted(needed)}); "
+            "start a new run without --resume, or point the output dir at the right federation"
+        )
     data["arrays"] = {k: v.numpy() for k, v in data["arrays"].items()}
     data["strategy"] = {k: v.numpy() for k, v in data["strategy"].items()}
     data["folder"] = Path(data["folder"])

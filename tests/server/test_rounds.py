@@ -181,3 +181,20 @@ def test_sites_that_connect_later_are_admitted_at_the_next_round(
     assert [(s.node_id, s.name) for s in joined] == [(4, "a")]
     assert [(s.node_id, s.name) for s in sites] == [(4, "a"), (3, "b")]
     assert admitted.names == {3: "b", 4: "a"}
+
+
+def test_a_server_state_that_is_unreadable_or_of_another_kind_is_named(tmp_path: Path) -> None:
+    import torch
+
+    from server.rounds import FederationError, load_state
+
+    torn = tmp_path / "torn" / "server-state.pt"
+    torn.parent.mkdir()
+    torn.write_bytes(b"PK\x03\x04 torn")
+    with pytest.raises(FederationError, match=r"torn/server-state\.pt cannot be read"):
+        load_state(torn)
+    other = tmp_path / "other" / "server-state.pt"
+    other.parent.mkdir()
+    torch.save({"format_version": 1, "state_dict": {}}, other)
+    with pytest.raises(FederationError, match=r"other/server-state\.pt is not a server state"):
+        load_state(other)
