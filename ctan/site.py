@@ -196,7 +196,9 @@ class SiteRunner:
         """The site's tasks with training labels: those it trains, reports and scores. A task
         listed for the site but without labels in its training split is left out (``describe``
         says so), since an update for it would carry no labelled examples."""
-        counts = self.labelled_counts()
+        return self._held(self.labelled_counts())
+
+    def _held(self, counts: dict[str, int]) -> list[str]:
         return [t for t in self.site.tasks if counts[t] > 0]
 
     def describe(self) -> dict[str, Any]:
@@ -204,9 +206,9 @@ class SiteRunner:
         model = build_model(self.config)
         signature = model_signature(model)
         counts = self.labelled_counts()
+        held = self._held(counts)
         lacking = [t for t, n in counts.items() if n == 0]
         if lacking:
-            held = [t for t in self.site.tasks if t not in lacking]
             logger.log(
                 logging.ERROR if not held else logging.WARNING,
                 "site %s: no labels for %s in %s; %s. Check the data with `ctan data check`.",
@@ -217,7 +219,7 @@ class SiteRunner:
             )
         return {
             "site": self.site.name,
-            "tasks": self.held_tasks(),
+            "tasks": held,
             "tasks-without-labels": lacking,
             "labelled": counts,
             "train-cases": len(self.splits()["train"]),
