@@ -167,6 +167,15 @@ def require_trained_heads(checkpoint: Checkpoint, path: Path) -> None:
         )
 
 
+def trained_tasks(checkpoint: Checkpoint) -> list[str]:
+    """The tasks whose heads were trained, in config order: those the checkpoint records (a
+    federated site's own tasks; the tasks some site held, for a federation's global model),
+    else every task of its config (centralised training trains them all)."""
+    names = [t.name for t in checkpoint.config.tasks]
+    recorded = checkpoint.extra.get("tasks")
+    return names if recorded is None else [t for t in names if t in recorded]
+
+
 def checkpoint_mismatch(saved: Config, config: Config) -> list[str]:
     """Differences between the model and tasks of two configs, one message each."""
     problems = []

@@ -25,6 +25,7 @@ from ctan.checkpoint import (
     atomic_write_bytes,
     load_checkpoint,
     require_trained_heads,
+    trained_tasks,
 )
 from ctan.config import Config, load_config
 from ctan.data.base import Case
@@ -80,10 +81,17 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Score a checkpoint on a split of its own data, or of another config's data section.
 
+    A federated site's model is scored on the split that site held out (its checkpoint records
+    how it split its cases), not on a split of the whole data, which would hold some of its
+    training cases. Only tasks whose heads were trained are scored; the others are listed
+    under ``untrained-tasks``.
+
     Raises:
-        ValueError: the other config has no data section, the split is empty, or the checkpoint
-            is a federated global model without trained heads.
+        ValueError: there is no data to evaluate on (the message names the checkpoint and
+            ``--data``), the split is empty, the site's data changed since it split it, or the
+            checkpoint is a federated global model without trained heads.
     """
+    from ctan.site import recorded_site_splits
     from ctan.training import prepare_splits
 
     saved = load_checkpoint(checkpoint)
@@ -94,19 +102,29 @@ def evaluate_checkpoint(
         if other.data is None:
             raise ValueError(f"{data_config} has no data section to evaluate on")
         config = config.model_copy(update={"data": other.data})
-    splits = prepare_splits(config)
+    elif config.data is None:
+        raise ValueError(
+            f"{str(checkpoint)!r} records no data to evaluate on; name a config whose data "
+            "section to use with --data"
+        )
+    if data_config is None and "split" in saved.extra:
+        splits = recorded_site_splits(config, saved.extra, checkpoint)
+    else:
+        splits = prepare_splits(config)
     cases = [c for part in splits.values() for c in part] if split == "all" else splits[split]
     if not cases:
         raise ValueError(f"the {split} split of {config.data.root} is empty")
     evaluation = evaluate_cases(trainer_for(saved, config), config, cases)
+    trained = trained_tasks(saved)
+    untrained = [t.name for t in config.tasks if t.name not in trained]
     return {
         "checkpoint": str(checkpoint),
         "data": str(config.data.root),
         "split": split,
         "cases": len(cases),
-        "metrics": evaluation.metrics,
-        "labelled": evaluation.labelled,
-    }
+        "metrics": {t: m for t, m in evaluation.metrics.items() if t in trained},
+        "labelled": {t: n for t, n in evaluation.labelled.items() if t in trained},
+    } | ({"untrained-tasks": untrained} if untrained else {})
 
 
 def collect_predictions(
@@ -297,6 +315,8 @@ def predict_to_folder(checkpoint: Path, input_path: Path, out: Path) -> list[Pat
     (binary or label maps; multi-label tasks as one NIfTI with a channel per structure),
     ``<task>/<case>.nii.gz`` for other pixel maps, ``dose/<patient>.csv`` in the OpenKBP
     submission format for OpenKBP dose, and ``predictions.csv`` with class probabilities.
+    Tasks whose heads were never trained (a federated site's model predicts only its own
+    tasks) are left out with a warning.
 
     Raises:
         FileNotFoundError: ``input_path`` does not exist.
@@ -324,10 +344,20 @@ def predict_to_folder(checkpoint: Path, input_path: Path, out: Path) -> list[Pat
         config, cases = _image_cases(config, input_path)
     trainer = trainer_for(saved, config)
     predictions = collect_predictions(trainer, config, cases)
+    trained = trained_tasks(saved)
+    untrained = [t.name for t in config.tasks if t.name not in trained]
+    if untrained:
+        logger.warning(
+            "%s: no predictions for %s: their heads were never trained (no site that trained "
+            "this model held those tasks)",
+            checkpoint,
+            untrained,
+        )
+    tasks = [t for t in config.tasks if t.name in trained]
     out = Path(out)
     written: list[Path] = []
     if config.data.format == "openkbp":
-        dose_tasks = [t.name for t in config.tasks if t.kind == "regression" and t.label == "dose"]
+        dose_tasks = [t.name for t in tasks if t.kind == "regression" and t.label == "dose"]
         from ctan.data.openkbp import write_dose_csv
 
         for patient in assemble_patients(cases, predictions, dose_tasks):
@@ -336,12 +366,12 @@ def predict_to_folder(checkpoint: Path, input_path: Path, out: Path) -> list[Pat
                 written.append(write_dose_csv(patient.native_dose(task), path))
     else:
         for case in cases:
-            for task in config.tasks:
+            for task in tasks:
                 if task.is_pixel_task:
                     written.append(
                         _write_map(task, case, predictions[case.case_id][task.name], out)
                     )
-    rows = _probability_rows(config.tasks, cases, predictions)
+    rows = _probability_rows(tasks, cases, predictions)
     if rows:
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))

@@ -46,6 +46,44 @@ STATE_FILE = re.compile(r"^round-(\d+)\.pt$")
 KEEP_ROUNDS = 3
 
 
+def site_split_seed(config: Config, site_name: str) -> int:
+    """The seed a site splits its cases with: ``data.split.seed`` when set, else one derived
+    from the experiment seed and the site name."""
+    split = config.data.split
+    if split.seed is not None:
+        return split.seed
+    return derive_seed(config.experiment.seed, "split", site_name)
+
+
+def split_digest(cases: Sequence[Case]) -> str:
+    """SHA-256 of a split's sorted case ids: checks a split again without storing its ids."""
+    return hashlib.sha256("\n".join(sorted(c.case_id for c in cases)).encode()).hexdigest()
+
+
+def recorded_site_splits(config: Config, record: Mapping[str, Any], source: Path) -> dict:
+    """The train/validation/test cases of the site whose checkpoint ``record`` (its ``extra``)
+    describes, split again from ``config.data`` as the site split them.
+
+    Raises:
+        ValueError: the data no longer splits into the recorded splits (changed or another data
+            set); the message names the checkpoint ``source`` and the data.
+    """
+    from ctan.data.dataset import build_cases, split_cases
+    from ctan.federation import simulated_site_cases
+
+    site, split = record["site"], record["split"]
+    cases = simulated_site_cases(config, site) if split["simulated"] else build_cases(config)
+    splits = split_cases(list(cases), config.data.split, int(split["seed"]))
+    changed = [p for p, digest in split["digests"].items() if split_digest(splits[p]) != digest]
+    if changed:
+        raise ValueError(
+            f"{str(source)!r} is site {site!r}'s model, but the data at {config.data.root} no "
+            f"longer splits into the {'/'.join(changed)} cases that site held: the data has "
+            "changed since. Score it on another data set with --data."
+        )
+    return splits
+
+
 @dataclass(frozen=True)
 class SiteSettings:
     """What a site owns and decides itself (node config in deployment, ``federation.sites`` in
@@ -178,10 +216,23 @@ class SiteRunner:
                 if self._partition_cases is not None
                 else list(build_cases(self.config))
             )
-            split = self.config.data.split
-            seed = derive_seed(self.config.experiment.seed, "split", self.site.name)
-            self._splits = split_cases(cases, split, split.seed if split.seed is not None else seed)
+            seed = site_split_seed(self.config, self.site.name)
+            self._splits = split_cases(cases, self.config.data.split, seed)
         return self._splits
+
+    def checkpoint_record(self) -> dict[str, Any]:
+        """What the site's own checkpoints record besides weights: the site, the tasks its
+        heads were trained for, and how its cases were split (seed and a digest of each split's
+        case ids, no ids), so that ``ctan evaluate`` scores it on the split it held out."""
+        return {
+            "site": self.site.name,
+            "tasks": self.held_tasks(),
+            "split": {
+                "seed": site_split_seed(self.config, self.site.name),
+                "simulated": self._partition_cases is not None,
+                "digests": {part: split_digest(cases) for part, cases in self.splits().items()},
+            },
+        }
 
     def labelled_counts(self) -> dict[str, int]:
         """Training cases with a label, per task this site holds."""
@@ -444,7 +495,7 @@ class SiteRunner:
             model,
             self.config,
             {"round": server_round, split: metrics},
-            {"site": self.site.name, "round": server_round},
+            {**self.checkpoint_record(), "round": server_round},
         )
         if split == "validation":
             losses = {t: evaluation.losses[t] for t in tasks}
@@ -477,7 +528,7 @@ class SiteRunner:
             model,
             self.config,
             {"round": server_round, "validation": dict(metrics)},
-            {"site": self.site.name, "round": server_round, "validation-loss": score},
+            {**self.checkpoint_record(), "round": server_round, "validation-loss": score},
         )
 
 

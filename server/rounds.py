@@ -500,7 +500,7 @@ def run_federation(grid: Grid, config: Config, resume: bool = False) -> Federati
             )
             if score < best["validation-loss"]:
                 best = {"round": server_round, "validation-loss": score}
-                extra = best | {"rounds": federation.rounds}
+                extra = best | {"rounds": federation.rounds, "tasks": held_tasks(sites)}
                 _save_global_model(folder / BEST_MODEL_NAME, model, arrays, config, extra)
             _save_state(
                 state_path,
@@ -515,12 +515,17 @@ def run_federation(grid: Grid, config: Config, resume: bool = False) -> Federati
             )
     finally:
         log.close()
-    _save_global_model(
-        folder / "global_model.pt", model, arrays, config, {"rounds": federation.rounds}
-    )
+    extra = {"rounds": federation.rounds, "tasks": held_tasks(sites)}
+    _save_global_model(folder / "global_model.pt", model, arrays, config, extra)
     write_federated_report(folder, config, [s.__dict__ for s in sites], best=best)
     console.print(f"run folder: {folder}")
     return FederationResult(folder, federation.rounds, arrays, sites)
+
+
+def held_tasks(sites: Iterable[SiteInfo]) -> list[str]:
+    """The tasks some admitted site holds: the only ones whose heads a federated-heads global
+    model has trained (``ctan evaluate`` and ``ctan predict`` leave the others out)."""
+    return sorted({task for site in sites for task in site.tasks})
 
 
 def _save_global_model(

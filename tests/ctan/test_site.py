@@ -262,3 +262,28 @@ def test_partition_command_prints_sites(fed, tmp_path, capsys):
     assert "cases per site" in out and "diagnosis=missing" in out
     for site in ("a", "b", "c"):
         assert f"\n  {site} " in out
+
+
+def test_a_site_model_is_scored_on_the_split_it_held_out_and_only_for_its_tasks(fed, tmp_path):
+    from ctan.checkpoint import save_checkpoint
+    from ctan.prediction import evaluate_checkpoint, predict_to_folder
+
+    site = runner(fed, 1, tmp_path)
+    arrays = travelling(fed)
+    site.train_round(1, arrays)
+    site.evaluate_round(1, arrays, split="test")
+    path = site.folder / "model.pt"
+    scored = evaluate_checkpoint(path, split="test")
+    assert scored["cases"] == len(site.splits()["test"])
+    assert list(scored["metrics"]) == ["lesion"] and scored["untrained-tasks"] == ["diagnosis"]
+    assert evaluate_checkpoint(path, split="all")["cases"] == len(simulated_site_cases(fed, "b"))
+    images = next(fed.data.root.glob("HAM10000_images_part_1"))
+    written = predict_to_folder(path, images, tmp_path / "predicted")
+    assert written and all(p.parent.name == "lesion" for p in written)
+    assert not (tmp_path / "predicted" / "predictions.csv").exists()
+
+    saved = load_checkpoint(path)
+    saved.extra["split"]["digests"]["test"] = "0" * 64
+    moved = save_checkpoint(tmp_path / "moved.pt", saved.build_model(), fed, {}, saved.extra)
+    with pytest.raises(ValueError, match=r"moved\.pt.*site 'b'.*no longer splits into the test"):
+        evaluate_checkpoint(moved)

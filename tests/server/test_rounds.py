@@ -198,3 +198,13 @@ def test_a_server_state_that_is_unreadable_or_of_another_kind_is_named(tmp_path:
     torch.save({"format_version": 1, "state_dict": {}}, other)
     with pytest.raises(FederationError, match=r"other/server-state\.pt is not a server state"):
         load_state(other)
+
+
+def test_a_global_model_records_only_the_tasks_some_site_held() -> None:
+    from server.rounds import SiteInfo, held_tasks
+
+    sites = [
+        SiteInfo(1, "a", ["lesion"], {"lesion": 3}, "0.1.0"),
+        SiteInfo(2, "b", ["lesion"], {"lesion": 5}, "0.1.0"),
+    ]
+    assert held_tasks(sites) == ["lesion"]

@@ -65,7 +65,9 @@ def two_rounds(ham_phantom: Path, tmp_path_factory: pytest.TempPathFactory):
 def test_shared_groups_change_and_heads_stay_per_site(two_rounds):
     config, output = two_rounds
     run = next((output / "sim-test").glob("run-*"))
-    trained = load_checkpoint(run / "global_model.pt").state_dict
+    saved = load_checkpoint(run / "global_model.pt")
+    assert saved.extra["tasks"] == ["diagnosis", "lesion"]
+    trained = saved.state_dict
     initial = build_model(config).state_dict()
     groups = parameter_groups(build_model(config))
     for group in ("encoder", "task.lesion", "task.diagnosis"):
