@@ -67,10 +67,14 @@ def config_from_run_config(run_config: Mapping[str, Any], app_root: Path) -> Con
         updates["experiment"] = config.experiment.model_copy(
             update={"output_dir": Path(settings["output-dir"])}
         )
-    if int(settings["rounds"]) > 0:
-        updates["federation"] = config.federation.model_copy(
-            update={"rounds": int(settings["rounds"])}
+    rounds = settings["rounds"]
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
+        raise ValueError(
+            f"run config key 'rounds' must be a whole number >= 1 (0: the config's "
+            f"federation.rounds), got {rounds!r}"
         )
+    if rounds > 0:
+        updates["federation"] = config.federation.model_copy(update={"rounds": rounds})
     return config.model_copy(update=updates) if updates else config
 
 

@@ -232,11 +232,12 @@ def run_status(home: Path, run_id: int) -> dict:
 
 @contextlib.contextmanager
 def terminate_as_exit() -> Iterator[None]:
-    """Turn SIGTERM into ``SystemExit(143)`` while inside, so ``finally`` blocks still run.
+    """Turn SIGTERM, SIGHUP (a closed terminal or dropped SSH session) and SIGINT (Ctrl-C)
+    into ``SystemExit(128 + signal)`` while inside, so ``finally`` blocks still run.
 
-    Python's default SIGTERM ends the process at once, which would leave the SuperLink and its
-    helpers running (they live in sessions of their own). Only the main thread can take signals;
-    elsewhere this does nothing.
+    Python's default SIGTERM and SIGHUP end the process at once, which would leave the SuperLink
+    and its helpers running (they live in sessions of their own, so no hangup reaches them).
+    Only the main thread can take signals; elsewhere this does nothing.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -245,11 +246,13 @@ def terminate_as_exit() -> Iterator[None]:
     def leave(signum: int, frame: object) -> None:
         raise SystemExit(128 + signum)
 
-    previous = signal.signal(signal.SIGTERM, leave)
+    caught = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+    previous = {signum: signal.signal(signum, leave) for signum in caught}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def simulate(
@@ -342,6 +345,17 @@ def simulate(
                 shutil.rmtree(home, ignore_errors=True)
 
 
+def positive_rounds(text: str) -> int:
+    """``--rounds``: a whole number of at least 1."""
+    try:
+        rounds = int(text)
+    except ValueError:
+        rounds = 0
+    if rounds < 1:
+        raise argparse.ArgumentTypeError(f"--rounds must be a whole number >= 1, got {text!r}")
+    return rounds
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m server.simulate",
@@ -353,7 +367,9 @@ def main(argv: list[str] | None = None) -> int:
         default=PROJECT_ROOT / "configs" / "demo.yaml",
         help="experiment YAML with a federation section (default: the demo)",
     )
-    parser.add_argument("--rounds", type=int, default=0, help="override federation.rounds")
+    parser.add_argument(
+        "--rounds", type=positive_rounds, default=0, help="override federation.rounds (>= 1)"
+    )
     parser.add_argument("--output-dir", type=Path, help="override experiment.output_dir")
     parser.add_argument(
         "--state-dir", type=Path, help="site state folder (default: <output_dir>/site-state)"

@@ -215,6 +215,8 @@ def test_run_config_overrides(tmp_path):
     assert config.federation.rounds == 7 and config.experiment.output_dir == tmp_path
     with pytest.raises(ValueError, match="unknown run config keys"):
         config_from_run_config({"config": "configs/demo.yaml", "round": 1}, root)
+    with pytest.raises(ValueError, match=r"'rounds' must be a whole number >= 1.*-1"):
+        config_from_run_config({"config": "configs/demo.yaml", "rounds": -1}, root)
 
 
 def test_site_without_labels_for_its_tasks_reports_none(fed, tmp_path, caplog):

@@ -45,3 +45,13 @@ def test_cli_names_the_missing_gpu(capsys: pytest.CaptureFixture[str]) -> None:
 def test_a_flwr_command_without_json_output_names_the_command_and_its_output(tmp_path) -> None:
     with pytest.raises(RuntimeError, match=r"(?s)flwr ls gave no JSON: Usage: .*no-such-flag"):
         flwr_json(tmp_path, "ls", "--no-such-flag")
+
+
+@pytest.mark.parametrize("rounds", ["0", "-3", "two"])
+def test_a_bad_rounds_value_is_refused_before_anything_starts(
+    rounds: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--rounds", rounds])
+    assert exited.value.code == 2
+    assert f"--rounds must be a whole number >= 1, got {rounds!r}" in capsys.readouterr().err

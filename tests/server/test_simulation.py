@@ -181,7 +181,10 @@ def test_server_optimiser_runs_and_resumes_with_its_state(
         np.testing.assert_array_equal(resumed[key], expected[key], err_msg=key)
 
 
-def test_sigterm_stops_every_process_the_simulation_started(ham_phantom: Path, tmp_path: Path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["term", "hangup"])
+def test_a_signal_stops_every_process_the_simulation_started(
+    ham_phantom: Path, tmp_path: Path, signum: signal.Signals
+):
     path = write_config(ham_phantom, tmp_path, rounds=50)
     command = [sys.executable, "-m", "server.simulate", "--config", str(path)]
     command += ["--output-dir", str(tmp_path / "out")]
@@ -200,8 +203,8 @@ def test_sigterm_stops_every_process_the_simulation_started(ham_phantom: Path, t
         home = Path(found.group(1)) if found else None
         assert home is not None and processes_of(home), "the SuperLink never started"
         time.sleep(5)
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) == 128 + signal.SIGTERM
+        process.send_signal(signum)
+        assert process.wait(timeout=60) == 128 + signum
         deadline = time.monotonic() + 30
         while processes_of(home) and time.monotonic() < deadline:
             time.sleep(0.5)
