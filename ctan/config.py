@@ -498,6 +498,8 @@ def load_config(source: str | Path | Mapping[str, Any]) -> Config:
         raw, base_dir, origin = dict(source), Path.cwd(), "config"
     else:
         path = Path(source).expanduser()
+        if path.is_dir():
+            raise ConfigError(f"{str(path)!r} is a folder; give the YAML file of the config")
         if not path.is_file():
             raise FileNotFoundError(f"config file {str(path)!r} does not exist")
         try:

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ctan.config import load_config
+from ctan.federation import simulated_partition
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONNECTION = "simulation"
@@ -267,13 +268,21 @@ def simulate(
     """Run the simulation; returns 0 when the run completed, 1 otherwise.
 
     Raises:
-        ValueError: the config has no sites, or asks for a GPU this machine lacks.
+        ValueError: the config has no sites, its sites do not fit its partition, or it asks
+            for a GPU this machine lacks.
     """
     import torch
 
     config = load_config(config_path)
     if config.federation is None or not config.federation.sites:
         raise ValueError(f"{config_path} needs a federation section with sites to simulate")
+    try:
+        partition = simulated_partition(config)
+    except ValueError as err:
+        raise ValueError(f"{config_path}: {err}") from err
+    empty = [name for name, cases in partition.items() if not cases]
+    if empty:
+        raise ValueError(f"{config_path}: sites {empty} get no cases from federation.partition")
     sites = len(config.federation.sites)
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     cpus, gpu_share = site_resources(
@@ -294,6 +303,7 @@ def simulate(
         for k, v in run_config.items()
     )
     gpu_text = f", {gpu_share:g} of a GPU" if gpu_share else ""
+    print("cases per site: " + ", ".join(f"{n} {len(c)}" for n, c in partition.items()))
     print(
         f"simulating {sites} sites ({cpus} CPU{gpu_text} each); private FLWR_HOME {home}, "
         f"SuperLink on 127.0.0.1:{port}"

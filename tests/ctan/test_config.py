@@ -173,6 +173,8 @@ def test_server_sgd_belongs_to_fedavgm():
 def test_yaml_file_errors_name_the_file(tmp_path: Path):
     with pytest.raises(FileNotFoundError, match=r"missing\.yaml"):
         load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="is a folder; give the YAML file"):
+        load_config(tmp_path)
     broken = tmp_path / "broken.yaml"
     broken.write_text("model: [unclosed\n")
     with pytest.raises(ConfigError, match=r"broken\.yaml: not valid YAML"):

@@ -215,3 +215,17 @@ def test_a_signal_stops_every_process_the_simulation_started(
         process.wait()
         if home is not None:
             stop_leftovers(home)
+
+
+def test_sites_that_do_not_fit_the_partition_are_named_before_anything_starts(
+    ham_phantom: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    from server.simulate import main
+
+    path = write_config(
+        ham_phantom, tmp_path, rounds=1, sites=[{"name": "rosendahl", "tasks": ["lesion"]}]
+    )
+    assert main(["--config", str(path), "--output-dir", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert "federation.yaml" in error and "rosendahl" in error
+    assert "private FLWR_HOME" not in error and not (tmp_path / "out").exists()
