@@ -147,11 +147,7 @@ def plot_learning_curves(
         metric_ax.set_xlabel("epoch")
     for ax in axes.flat:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save_figure(fig, out)
 
 
 def _final(
@@ -164,17 +160,18 @@ def _final(
 def plot_federated_curves(curves: Mapping, out: Path, tasks: list[Any], sites: list[str]) -> Path:
     """Per task: training loss and validation primary metric of every site across rounds."""
     fig, axes = plt.subplots(len(tasks), 2, figsize=(10, 2.8 * len(tasks)), squeeze=False)
+    colour = {site: f"C{index % 10}" for index, site in enumerate(sites)}
     for row, task in enumerate(tasks):
         loss_ax, metric_ax = axes[row]
         for site in sites:
             loss = curves.get(f"train/{site}", {}).get(f"{task.name}.loss", [])
             if loss:
-                loss_ax.plot(*zip(*loss, strict=True), "o-", label=site)
+                loss_ax.plot(*zip(*loss, strict=True), "o-", color=colour[site], label=site)
             metric = curves.get(f"validation/{site}", {}).get(
                 f"{task.name}.{task.primary_metric}", []
             )
             if metric:
-                metric_ax.plot(*zip(*metric, strict=True), "o-", label=site)
+                metric_ax.plot(*zip(*metric, strict=True), "o-", color=colour[site], label=site)
         overall = curves.get("validation/all", {}).get(f"{task.name}.{task.primary_metric}", [])
         if overall:
             metric_ax.plot(*zip(*overall, strict=True), "k--", label="all sites")
@@ -185,10 +182,25 @@ def plot_federated_curves(curves: Mapping, out: Path, tasks: list[Any], sites: l
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             if ax.lines:
                 ax.legend(fontsize=7)
+    return _save_figure(fig, out)
+
+
+def _save_figure(fig: Any, out: Path) -> Path:
+    """Lay out, write atomically as PNG and close ``fig``."""
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    try:
+        return atomic_write_bytes(out, lambda file: fig.savefig(file, format="png", dpi=100))
+    finally:
+        plt.close(fig)
+
+
+def _write_text(path: Path, lines: list[str]) -> Path:
+    return atomic_write_bytes(path, lambda file: file.write("\n".join(lines).encode()))
+
+
+def _cell(value: float | None) -> str:
+    """A metric for a table or card: 4 decimals, "–" when the run logged none."""
+    return "–" if value is None else f"{value:.4f}"
 
 
 def write_federated_report(
@@ -246,8 +258,7 @@ def write_federated_report(
         cells = []
         for task in config.tasks:
             for metric in task.metrics:
-                value = _final(curves, f"validation/{site}", f"{task.name}.{metric}")
-                cells.append("–" if value is None else f"{value:.4f}")
+                cells.append(_cell(_final(curves, f"validation/{site}", f"{task.name}.{metric}")))
         lines.append(
             f"| {'all sites (weighted)' if site == 'all' else site} | " + " | ".join(cells) + " |"
         )
@@ -263,11 +274,7 @@ def write_federated_report(
             for metric in task.metrics:
                 fed = _final(curves, "validation/all", f"{task.name}.{metric}")
                 cen = centralised.get(task.name, {}).get(metric)
-                lines.append(
-                    f"| {task.name} | {metric} | "
-                    f"{'–' if cen is None else f'{cen:.4f}'} | "
-                    f"{'–' if fed is None else f'{fed:.4f}'} |"
-                )
+                lines.append(f"| {task.name} | {metric} | {_cell(cen)} | {_cell(fed)} |")
     traffic = [
         "",
         "## Traffic and time per round",
@@ -305,8 +312,7 @@ def write_federated_report(
         "sites); each site keeps its personalised `model.pt` and `best.pt` in its state folder.",
         "",
     ]
-    report = folder / "report.md"
-    report.write_text("\n".join(lines))
+    report = _write_text(folder / "report.md", lines)
     write_model_card(folder / "model_card.md", config, sites, curves)
     return report
 
@@ -317,6 +323,9 @@ def write_model_card(
     """A model card: what the model is, what it was trained on, how it scores, what not to do."""
     federation = config.federation
     data = config.data
+    held = {task for site in sites for task in site["tasks"]}
+    unheld = [t.name for t in config.tasks if t.name not in held]
+    rounds = len(curves.get("round", {}).get("wall-seconds", []))
     lines = [
         f"# Model card: {config.experiment.name} ({federation.id})",
         "",
@@ -327,9 +336,15 @@ def write_model_card(
         + "; ".join(
             f"{t.name} ({t.kind}, {t.classes} classes/channels, metrics {', '.join(t.metrics)})"
             for t in config.tasks
+            if t.name in held
         )
         + ".",
-        f"- Trained with federated learning ({federation.strategy}, {federation.rounds} rounds); "
+        *(
+            [f"- Not trained (no site held them): {', '.join(unheld)}; their heads are noise."]
+            if unheld
+            else []
+        ),
+        f"- Trained with federated learning ({federation.strategy}, {rounds} rounds); "
         f"heads {federation.heads}.",
         "",
         "## Data",
@@ -347,7 +362,7 @@ def write_model_card(
             if task.name in site["tasks"]:
                 name = f"{task.name}.{task.primary_metric}"
                 value = _final(curves, f"validation/{site['name']}", name)
-                values.append(f"{task.name} {task.primary_metric} {value}")
+                values.append(f"{task.name} {task.primary_metric} {_cell(value)}")
         lines.append(f"- {site['name']}: " + "; ".join(values))
     lines += [
         "",
@@ -358,8 +373,14 @@ def write_model_card(
         "## Limitations",
         "- Performance is reported on each site's own validation split; other populations, "
         "scanners and label conventions may differ.",
-        "- Phantom-trained models say nothing about real patients.",
+        *(
+            [
+                f"- Trained on phantoms (synthetic images in the {data.format} layout): the "
+                "model says nothing about real patients."
+            ]
+            if data is not None and data.phantom is not None
+            else []
+        ),
         "",
     ]
-    path.write_text("\n".join(lines))
-    return path
+    return _write_text(path, lines)

@@ -1,12 +1,18 @@
-"""The run log: what a resumed run keeps of the rounds logged before it."""
+"""The run log (what a resumed run keeps of the rounds logged before it), the federated
+report and the model card."""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
-from ctan.report import RunLog, read_log
+import pytest
+from factories import derm_config
+
+from ctan.config import PhantomConfig, load_config
+from ctan.report import RunLog, read_log, write_federated_report
 
 
 def test_a_resumed_log_drops_the_steps_after_the_last_completed_round(tmp_path: Path) -> None:
@@ -43,3 +49,39 @@ def test_a_resumed_log_drops_a_record_torn_by_a_crash(tmp_path: Path) -> None:
     RunLog(tmp_path, tensorboard=False, keep_until=2).close()
     assert read_log(tmp_path / "metrics.csv") == {"train": {"loss": [(1, 1.0)]}}
     assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 1
+
+
+def test_report_and_card_say_what_the_run_logged_and_trained(
+    ham_phantom: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw = derm_config(ham_phantom, tmp_path).model_dump(mode="json")
+    raw["federation"] = {"id": "card", "rounds": 3, "min_sites": 1}
+    config = load_config(raw)
+    log = RunLog(tmp_path / "run", tensorboard=False)
+    log.log(1, "round", {"wall-seconds": 2.0})
+    log.log(1, "train/a", {"lesion.loss": 0.5, "train-seconds": 1.0})
+    log.log(1, "validation/a", {"lesion.dice": 0.123456789, "lesion.loss": 0.4})
+    log.close()
+    sites = [{"name": "a", "tasks": ["lesion"], "labelled": {"lesion": 9}, "code_version": "x"}]
+    renamed: list[str] = []
+    replace = os.replace
+
+    def recording_replace(source: str, target: str) -> None:
+        renamed.append(Path(target).name)
+        replace(source, target)
+
+    monkeypatch.setattr(os, "replace", recording_replace)
+    write_federated_report(tmp_path / "run", config, sites)
+    assert {"federated_curves.png", "report.md", "model_card.md"} <= set(renamed), "not atomic"
+    card = (tmp_path / "run" / "model_card.md").read_text()
+    assert "(fedavg, 1 rounds)" in card and "lesion dice 0.1235" in card
+    assert "Not trained (no site held them): diagnosis" in card
+    assert "diagnosis (classification" not in card
+    assert "phantoms" not in card
+    phantom = config.model_copy(
+        update={"data": config.data.model_copy(update={"phantom": PhantomConfig()})}
+    )
+    write_federated_report(tmp_path / "run", phantom, sites)
+    card = (tmp_path / "run" / "model_card.md").read_text()
+    assert "Trained on phantoms (synthetic images in the ham10000 layout)" in card
+    assert "1 rounds of 1 local epoch(s)" in (tmp_path / "run" / "report.md").read_text()
