@@ -60,7 +60,9 @@ def split_digest(cases: Sequence[Case]) -> str:
     return hashlib.sha256("\n".join(sorted(c.case_id for c in cases)).encode()).hexdigest()
 
 
-def recorded_site_splits(config: Config, record: Mapping[str, Any], source: Path) -> dict:
+def recorded_site_splits(
+    config: Config, record: Mapping[str, Any], source: Path
+) -> dict[str, list[Case]]:
     """The train/validation/test cases of the site whose checkpoint ``record`` (its ``extra``)
     describes, split again from ``config.data`` as the site split them.
 
