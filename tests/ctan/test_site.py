@@ -273,10 +273,11 @@ def test_a_site_model_is_scored_on_the_split_it_held_out_and_only_for_its_tasks(
     site = runner(fed, 1, tmp_path)
     arrays = travelling(fed)
     site.train_round(1, arrays)
-    site.evaluate_round(1, arrays, split="test")
+    held_out, _ = site.evaluate_round(1, arrays, split="test")
     path = site.folder / "model.pt"
     scored = evaluate_checkpoint(path, split="test")
     assert scored["cases"] == len(site.splits()["test"])
+    assert scored["metrics"]["lesion"]["dice"] == pytest.approx(held_out["lesion.dice"])
     assert list(scored["metrics"]) == ["lesion"] and scored["untrained-tasks"] == ["diagnosis"]
     assert evaluate_checkpoint(path, split="all")["cases"] == len(simulated_site_cases(fed, "b"))
     images = next(fed.data.root.glob("HAM10000_images_part_1"))
@@ -289,3 +290,22 @@ def test_a_site_model_is_scored_on_the_split_it_held_out_and_only_for_its_tasks(
     moved = save_checkpoint(tmp_path / "moved.pt", saved.build_model(), fed, {}, saved.extra)
     with pytest.raises(ValueError, match=r"moved\.pt.*site 'b'.*no longer splits into the test"):
         evaluate_checkpoint(moved)
+
+
+def test_a_hospital_model_is_scored_on_the_split_it_held_out(fed, ham_phantom, tmp_path):
+    from ctan.prediction import evaluate_checkpoint
+
+    node = {
+        "site": "h1",
+        "tasks": "lesion",
+        "data-format": "ham10000",
+        "data-root": str(ham_phantom),
+        "state-dir": str(tmp_path / "s"),
+    }
+    site = SiteRunner(fed, site_from_node_config(node, fed))
+    arrays = travelling(fed)
+    site.train_round(1, arrays)
+    held_out, _ = site.evaluate_round(1, arrays, split="test")
+    scored = evaluate_checkpoint(site.folder / "model.pt", split="test")
+    assert scored["cases"] == len(site.splits()["test"]) and list(scored["metrics"]) == ["lesion"]
+    assert scored["metrics"]["lesion"]["dice"] == pytest.approx(held_out["lesion.dice"])
