@@ -65,7 +65,8 @@ def seed_everything(seed: int) -> None:
 def make_loader(
     dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0
 ) -> DataLoader:
-    """A loader whose shuffling order depends only on ``seed``.
+    """A loader whose shuffling order, and with workers their augmentation seeds, depend only
+    on ``seed``.
 
     Raises:
         ValueError: ``dataset`` is empty.
@@ -80,7 +81,17 @@ def make_loader(
         generator=generator,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
+        worker_init_fn=_reseed_worker,
     )
+
+
+def _reseed_worker(worker_id: int) -> None:
+    """Give each loader worker's copy of the dataset its own augmentation seed (torch derives
+    a distinct ``seed`` per worker from the loader's generator)."""
+    info = torch.utils.data.get_worker_info()
+    reseed = getattr(info.dataset, "reseed", None)
+    if reseed is not None:
+        reseed(info.seed)
 
 
 def move_to(batch: Any, device: torch.device) -> Any:

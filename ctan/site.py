@@ -427,7 +427,7 @@ class SiteRunner:
         seed = derive_seed(self.config.experiment.seed, self.site.name, server_round)
         seed_everything(seed)
         loader = make_loader(
-            CaseDataset(train_cases, self.config, train=True),
+            CaseDataset(train_cases, self.config, train=True, augment_seed=seed),
             self.config.train.batch_size,
             shuffle=True,
             seed=seed,

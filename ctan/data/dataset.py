@@ -208,6 +208,9 @@ class CaseDataset(Dataset):
         config: the experiment config (data, model and tasks).
         train: apply random augmentation.
         cache: cache the preprocessed arrays on disk (``False`` for benchmarks).
+        augment_seed: seeds the augmentation's own random state (default
+            ``experiment.seed``); a federated site passes one per round, so that its rounds do
+            not repeat one sequence of draws. Loader workers reseed it (:meth:`reseed`).
 
     Raises:
         ValueError: a task's label key is not provided by the format, or its channel count
@@ -215,7 +218,14 @@ class CaseDataset(Dataset):
             with the format's image channels.
     """
 
-    def __init__(self, cases: list[Case], config: Config, train: bool, cache: bool = True) -> None:
+    def __init__(
+        self,
+        cases: list[Case],
+        config: Config,
+        train: bool,
+        cache: bool = True,
+        augment_seed: int | None = None,
+    ) -> None:
         self.cases = list(cases)
         self.config = config
         self.train = train
@@ -260,7 +270,7 @@ class CaseDataset(Dataset):
                 [t.label for t in pixel if t.kind == "regression"],
                 [t.label for t in pixel if t.kind == "segmentation"] + rois,
                 config.model.spatial_dims,
-                seed=config.experiment.seed,
+                seed=config.experiment.seed if augment_seed is None else augment_seed,
                 flip_axes=config.train.augmentation.flip_axes,
                 affine=config.train.augmentation.affine,
                 intensity=config.train.augmentation.intensity,
@@ -273,6 +283,12 @@ class CaseDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.cases)
+
+    def reseed(self, seed: int) -> None:
+        """Seed the augmentation anew: each loader worker holds a copy of the dataset, and
+        without this every worker would draw the same augmentations."""
+        if self._augment is not None:
+            self._augment.set_random_state(seed=seed % 2**32)
 
     def arrays(self, case: Case) -> dict[str, np.ndarray]:
         """The preprocessed arrays of ``case`` (from the cache, computed on a miss)."""

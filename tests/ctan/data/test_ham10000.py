@@ -8,10 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from datahelpers import HAM_TASKS, make_config, real_data, write_jpeg, write_mask
 
 from ctan.data.dataset import CaseDataset, build_cases
 from ctan.data.ham10000 import CLASSES, lesion_sites, read_metadata
+from ctan.engine import make_loader
 
 HEADER = "lesion_id,image_id,dx,dx_type,age,sex,localization,dataset"
 ROWS = [
@@ -165,3 +167,25 @@ def test_real_sample_copied_nested_with_tab_metadata(tmp_path: Path) -> None:
     (root / "HAM10000_metadata.tab").write_text(rows)
     cases = build_cases(make_config("ham10000", tmp_path / "release", HAM_TASKS, tmp_path / "c"))
     assert len(cases) == 5
+
+
+def augmented_images(dataset: CaseDataset, workers: int) -> list[torch.Tensor]:
+    loader = make_loader(dataset, batch_size=1, shuffle=False, seed=3, num_workers=workers)
+    return [batch["image"][0] for batch in loader]
+
+
+def test_loader_workers_and_site_rounds_draw_their_own_augmentations(tmp_path: Path) -> None:
+    root = write_dataverse(tmp_path / "ham")
+    config = make_config("ham10000", root, HAM_TASKS, tmp_path / "c")
+    case = build_cases(config)[0]
+    dataset = CaseDataset([case] * 8, config, train=True)
+    images = augmented_images(dataset, workers=2)
+    first_worker, second_worker = images[0::2], images[1::2]
+    assert not all(torch.equal(a, b) for a, b in zip(first_worker, second_worker, strict=True))
+    again = augmented_images(CaseDataset([case] * 8, config, train=True), workers=2)
+    assert all(torch.equal(a, b) for a, b in zip(images, again, strict=True)), "not seeded"
+    rounds = [
+        augmented_images(CaseDataset([case] * 4, config, train=True, augment_seed=s), 0)
+        for s in (1, 2)
+    ]
+    assert not all(torch.equal(a, b) for a, b in zip(*rounds, strict=True))
