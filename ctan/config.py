@@ -183,7 +183,11 @@ class SplitConfig(_Section):
 
     validation: float = Field(default=0.2, ge=0.0, lt=1.0)
     test: float = Field(default=0.2, ge=0.0, lt=1.0)
-    by: str | None = Field(default=None, description="column whose groups never straddle splits")
+    by: str | None = Field(
+        default=None,
+        description="field whose values never straddle splits, on top of each case's own group "
+        "(a patient's slices, a lesion's images), which stays whole whatever it is",
+    )
     seed: int | None = Field(default=None, description="defaults to experiment.seed")
 
     @model_validator(mode="after")

@@ -152,10 +152,36 @@ def _group_of(case: Case, by: str | None) -> str:
     return str(case.meta[by])
 
 
+def _split_groups(cases: list[Case], by: str | None) -> dict[str, list[int]]:
+    """Case indices per split group: the ``by`` value of each case, with the ``by`` values that
+    share a case group (a patient, a lesion) merged under the smallest of them, so that ``by``
+    can make groups coarser but never divide one."""
+    keys = [_group_of(case, by) for case in cases]
+    parent: dict[str, str] = {key: key for key in keys}
+
+    def root(key: str) -> str:
+        while parent[key] != key:
+            parent[key] = parent[parent[key]]
+            key = parent[key]
+        return key
+
+    first_key: dict[str, str] = {}
+    for key, case in zip(keys, cases, strict=True):
+        a, b = root(key), root(first_key.setdefault(case.group, key))
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+    groups: dict[str, list[int]] = {}
+    for index, key in enumerate(keys):
+        groups.setdefault(root(key), []).append(index)
+    return groups
+
+
 def split_cases(cases: list[Case], split: SplitConfig, seed: int) -> dict[str, list[Case]]:
     """Split cases into ``train``/``validation``/``test`` without dividing a group.
 
-    Groups are shuffled with ``seed`` (``split.seed`` wins when set) and filled into test, then
+    A case's group is its ``split.by`` value (default its own group: a patient, a lesion);
+    cases of one group stay together even when ``split.by`` would divide them. Groups are
+    shuffled with ``seed`` (``split.seed`` wins when set) and filled into test, then
     validation, until each holds its fraction of the cases; the rest is train. Case order inside
     a split follows the input order.
 
@@ -163,9 +189,7 @@ def split_cases(cases: list[Case], split: SplitConfig, seed: int) -> dict[str, l
         ValueError: a requested split (or train) ends up empty; the message gives the case and
             group counts and the fractions.
     """
-    groups: dict[str, list[int]] = {}
-    for index, case in enumerate(cases):
-        groups.setdefault(_group_of(case, split.by), []).append(index)
+    groups = _split_groups(cases, split.by)
     names = sorted(groups)
     rng = np.random.default_rng(seed if split.seed is None else split.seed)
     order = [names[i] for i in rng.permutation(len(names))]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -107,3 +108,15 @@ def test_sites_starting_at_once_share_the_phantoms_they_write(tmp_path: Path) ->
     assert errors == []
     assert listed == [24, 24, 24]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_split_by_a_finer_key_still_keeps_each_group_whole() -> None:
+    split = SplitConfig(validation=0.2, test=0.2, by="case_id")
+    parts = split_cases(cases(60), split, seed=1)
+    groups = {name: {c.group for c in part} for name, part in parts.items()}
+    assert not groups["train"] & groups["test"] and not groups["train"] & groups["validation"]
+    assert not groups["validation"] & groups["test"]
+    coarser = SplitConfig(validation=0.2, test=0.2, by="site")
+    sited = [replace(c, site=f"s{i % 4}") for i, c in enumerate(cases(60))]
+    with pytest.raises(ValueError, match="the validation split is empty: 60 cases in 1 groups"):
+        split_cases(sited, coarser, seed=1)
