@@ -104,6 +104,19 @@ class ManifestReader(FormatReader):
     def image_channels(self) -> int:
         return self.config.model.in_channels
 
+    def settings(self) -> dict[str, object]:
+        """The base settings plus what :meth:`preprocess` reads from the config: the image
+        channels and each pixel task's label, kind and classes (a label map becomes one channel
+        per class), so that changing them never serves arrays cached under the old ones."""
+        return super().settings() | {
+            "in_channels": self.config.model.in_channels,
+            "pixel_tasks": [
+                [task.label, task.kind, task.classes]
+                for task in self.config.tasks
+                if task.is_pixel_task
+            ],
+        }
+
     def list_cases(self, root: Path, problems: ListingProblems) -> list[Case]:
         manifest = find_manifest(root)
         folder = manifest.parent

@@ -110,3 +110,21 @@ def test_manifest_laterality_exchanges_the_paired_channels(tmp_path: Path) -> No
             assert torch.equal(target[1], plain[0].flip(1)) and target[0].sum() == 0
             seen.add("mirrored")
     assert seen == {"kept", "mirrored"}
+
+
+def test_cached_masks_follow_a_change_of_the_task_classes(tmp_path: Path) -> None:
+    root = tmp_path / "site"
+    write_jpeg(root / "img" / "a.png", 0, size=(16, 16))
+    labels = np.zeros((16, 16), np.uint8)
+    labels[2:6, 2:6], labels[8:12, 8:12] = 1, 3
+    (root / "mask").mkdir()
+    Image.fromarray(labels).save(root / "mask" / "a.png")
+    (root / "manifest.csv").write_text("case_id,image,organs\na,img/a.png,mask/a.png\n")
+    targets = {}
+    for classes in (1, 3):
+        tasks = [{"name": "organs", "kind": "segmentation", "classes": classes}]
+        config = make_config("manifest", root, tasks, tmp_path / "cache")
+        case = build_cases(config)[0]
+        targets[classes] = CaseDataset([case], config, train=False)[0]["targets"]["organs"]
+    assert targets[1].shape[0] == 1 and targets[3].shape[0] == 3
+    assert targets[3][0].sum() > 0 and targets[3][1].sum() == 0 and targets[3][2].sum() > 0
