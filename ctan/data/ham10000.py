@@ -76,8 +76,8 @@ def read_metadata(path: Path) -> list[dict[str, str]]:
     """The metadata rows, comma- or tab-separated, quotes removed.
 
     Raises:
-        ValueError: the header lacks a required column, or a row has an unknown ``dx``
-            (the file and the row are named).
+        ValueError: the header lacks a required column, a row has an unknown ``dx`` or
+            repeats an image (the file and the row are named).
     """
     text = path.read_text(encoding="utf-8-sig", errors="replace")
     header = text.partition("\n")[0]
@@ -90,13 +90,19 @@ def read_metadata(path: Path) -> list[dict[str, str]]:
             f"{path}: header {columns} lacks columns {missing}; expected "
             "lesion_id,image_id,dx,dx_type,age,sex,localization[,dataset]"
         )
-    rows = []
+    rows, first_row = [], {}
     for line, raw in enumerate(reader, start=2):
         row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
         if row["dx"] not in CLASSES:
             raise ValueError(
                 f"{path}: row {line} ({row['image_id']}) has dx {row['dx']!r}; allowed: "
                 f"{', '.join(CLASSES)}"
+            )
+        earlier = first_row.setdefault(row["image_id"], line)
+        if earlier != line:
+            raise ValueError(
+                f"{path}: row {line} lists image {row['image_id']!r} again (first in row "
+                f"{earlier}); each image needs exactly one row"
             )
         rows.append(row)
     return rows

@@ -36,7 +36,7 @@ import numpy as np
 
 from ctan.data.base import Case
 from ctan.data.imageio import image_loader
-from ctan.data.reader import FormatReader, LabelInfo, ListingProblems
+from ctan.data.reader import FormatReader, LabelInfo, ListingProblems, csv_text
 from ctan.data.transforms import resize_labels, resize_values
 from ctan.tasks import TaskSpec
 
@@ -120,20 +120,19 @@ class ManifestReader(FormatReader):
     def list_cases(self, root: Path, problems: ListingProblems) -> list[Case]:
         manifest = find_manifest(root)
         folder = manifest.parent
-        with manifest.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            columns = [c.strip() for c in reader.fieldnames or []]
-            missing = [c for c in REQUIRED if c not in columns]
-            if missing:
-                raise ValueError(
-                    f"{manifest}: header {columns} lacks columns {missing}; required: "
-                    f"{', '.join(REQUIRED)}, optional: site, group and one column per task label "
-                    f"({', '.join(t.label for t in self.config.tasks)})"
-                )
-            rows = [
-                (line, {k.strip(): (v or "").strip() for k, v in row.items() if k})
-                for line, row in enumerate(reader, start=2)
-            ]
+        reader = csv.DictReader(csv_text(manifest))
+        columns = [c.strip() for c in reader.fieldnames or []]
+        missing = [c for c in REQUIRED if c not in columns]
+        if missing:
+            raise ValueError(
+                f"{manifest}: header {columns} lacks columns {missing}; required: "
+                f"{', '.join(REQUIRED)}, optional: site, group and one column per task label "
+                f"({', '.join(t.label for t in self.config.tasks)})"
+            )
+        rows = [
+            (line, {k.strip(): (v or "").strip() for k, v in row.items() if k})
+            for line, row in enumerate(reader, start=2)
+        ]
         cases, seen = [], set()
         for line, row in rows:
             where = f"{manifest} row {line}"

@@ -8,6 +8,7 @@ can serve several simulated sites.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping
@@ -88,6 +89,22 @@ class ListingProblems:
         self.skipped.append(BadCase(name, str(error)))
 
 
+def csv_text(path: Path) -> io.StringIO:
+    """A CSV file's text, ready for :mod:`csv` (a leading byte-order mark dropped).
+
+    Raises:
+        ValueError: the file is not UTF-8 text, as a CSV saved from a spreadsheet in a local
+            encoding may be (the file is named).
+    """
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8"
+        ) from None
+    return io.StringIO(text, newline="")
+
+
 def read_sites(root: Path, known: Collection[str]) -> dict[str, str]:
     """Sites by case id from the optional ``root/sites.csv`` (header ``case_id,site``).
 
@@ -109,11 +126,7 @@ def read_sites(root: Path, known: Collection[str]) -> dict[str, str]:
     path = root / SITES_FILE
     if not path.is_file():
         return {}
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            rows = [[field.strip() for field in row] for row in csv.reader(handle)]
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not UTF-8 text ({err.reason})") from None
+    rows = [[field.strip() for field in row] for row in csv.reader(csv_text(path))]
     header = rows[0] if rows else []
     if header != ["case_id", "site"]:
         raise ValueError(f"{path}: header is {','.join(header)!r}, expected 'case_id,site'")

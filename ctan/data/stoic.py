@@ -32,7 +32,7 @@ import SimpleITK as sitk
 
 from ctan.data.base import Case
 from ctan.data.imageio import read_sitk
-from ctan.data.reader import FormatReader, LabelInfo, ListingProblems, read_sites
+from ctan.data.reader import FormatReader, LabelInfo, ListingProblems, csv_text, read_sites
 from ctan.data.transforms import resize_values, scale_range
 
 __all__ = ["HU_WINDOW", "StoicReader", "read_header"]
@@ -102,17 +102,24 @@ class StoicReader(FormatReader):
             raise FileNotFoundError(f"{reference}: STOIC2021 reference file does not exist")
         if not images.is_dir():
             raise FileNotFoundError(f"{images}: STOIC2021 image folder does not exist")
-        with reference.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            columns = [c.strip() for c in reader.fieldnames or []]
-            if any(c not in columns for c in COLUMNS):
+        reader = csv.DictReader(csv_text(reference))
+        columns = [c.strip() for c in reader.fieldnames or []]
+        if any(c not in columns for c in COLUMNS):
+            raise ValueError(
+                f"{reference}: header {columns} must hold columns {', '.join(COLUMNS)}"
+            )
+        rows = [
+            (line, {k.strip(): (v or "").strip() for k, v in row.items() if k})
+            for line, row in enumerate(reader, start=2)
+        ]
+        first_row: dict[str, int] = {}
+        for line, row in rows:
+            earlier = first_row.setdefault(row["PatientID"], line)
+            if earlier != line:
                 raise ValueError(
-                    f"{reference}: header {columns} must hold columns {', '.join(COLUMNS)}"
+                    f"{reference}: row {line} lists patient {row['PatientID']!r} again (first "
+                    f"in row {earlier}); each patient needs exactly one row"
                 )
-            rows = [
-                (line, {k.strip(): (v or "").strip() for k, v in row.items() if k})
-                for line, row in enumerate(reader, start=2)
-            ]
         sites = read_sites(root, [row["PatientID"] for _, row in rows])
         cases = []
         for line, row in rows:

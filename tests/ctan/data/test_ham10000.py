@@ -109,6 +109,16 @@ def test_wrong_header_names_the_file(tmp_path: Path) -> None:
         build_cases(make_config("ham10000", root, HAM_TASKS, tmp_path / "c"))
 
 
+def test_a_repeated_image_names_the_file_and_both_rows(tmp_path: Path) -> None:
+    root = write_dataverse(tmp_path / "ham")
+    metadata = root / "HAM10000_metadata.csv"
+    first = metadata.read_text().splitlines()[1].split(",")
+    again = ",".join(["HAM_other", first[1], "mel", *first[3:]])
+    metadata.write_text(metadata.read_text() + again + "\n")
+    with pytest.raises(ValueError, match=rf"row {len(ROWS) + 2} lists image '{first[1]}' again"):
+        build_cases(make_config("ham10000", root, HAM_TASKS, tmp_path / "c"))
+
+
 def test_missing_folder_names_it(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="nowhere"):
         build_cases(make_config("ham10000", tmp_path / "nowhere", HAM_TASKS, tmp_path / "c"))

@@ -82,6 +82,9 @@ def test_missing_image_and_bad_class_name_the_file(tmp_path: Path) -> None:
     (root / "manifest.csv").write_text("id,path\n")
     with pytest.raises(ValueError, match=r"manifest\.csv"):
         build_cases(make_config("manifest", root, HAM_TASKS, tmp_path / "c"))
+    (root / "manifest.csv").write_bytes("case_id,image,note\na,a.png,café\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"manifest\.csv: not UTF-8 text .*save it as UTF-8"):
+        build_cases(make_config("manifest", root, HAM_TASKS, tmp_path / "c"))
 
 
 def test_manifest_laterality_exchanges_the_paired_channels(tmp_path: Path) -> None:

@@ -77,6 +77,17 @@ def test_wrong_header_names_the_file(tmp_path: Path) -> None:
         build_cases(config(root, tmp_path))
 
 
+def test_a_repeated_patient_or_a_non_utf8_file_names_the_file_and_rows(tmp_path: Path) -> None:
+    root = write_stoic(tmp_path / "stoic")
+    reference = root / "metadata" / "reference.csv"
+    reference.write_text(reference.read_text() + "3,1,0\n")
+    with pytest.raises(ValueError, match=r"reference\.csv: row 5 lists patient '3' again .*row 4"):
+        build_cases(config(root, tmp_path))
+    reference.write_bytes("PatientID,probCOVID,probSevere,note\n1,1,1,café\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"reference\.csv: not UTF-8 text"):
+        build_cases(config(root, tmp_path))
+
+
 def test_sites_csv_sets_sites(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     root = write_stoic(tmp_path / "stoic")
     assert {c.site for c in build_cases(config(root, tmp_path))} == {None}
