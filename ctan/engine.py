@@ -219,6 +219,11 @@ class TaskTrainer:
             t.name: build_task_loss(t, weights.get(t.name), offsets.get(t.name)).to(self.device)
             for t in self.tasks
         }
+        self.evaluation_losses = (
+            {t.name: build_task_loss(t).to(self.device) for t in self.tasks}
+            if weights or offsets
+            else self.losses
+        )
         self.weighting = build_weighting(train.weighting, [t.name for t in self.tasks])
         self.weighting.to(self.device)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
@@ -248,7 +253,6 @@ class TaskTrainer:
         self.model.train()
         start = time.perf_counter()
         loss_sums = dict.fromkeys(self.losses, 0.0)
-        loss_batches = dict.fromkeys(self.losses, 0)
         weight_sums = dict.fromkeys(self.losses, 0.0)
         labelled_total = dict.fromkeys(self.losses, 0)
         samples = batches = 0
@@ -276,9 +280,8 @@ class TaskTrainer:
                 weight_sums[name] += weights[name]
                 labelled_total[name] += labelled[name]
                 if labelled[name]:
-                    loss_sums[name] += float(value.detach())
-                    loss_batches[name] += 1
-        mean_losses = {n: _ratio(loss_sums[n], loss_batches[n]) for n in loss_sums}
+                    loss_sums[name] += float(value.detach()) * labelled[name]
+        mean_losses = {n: _ratio(loss_sums[n], labelled_total[n]) for n in loss_sums}
         self.weighting.end_epoch(mean_losses)
         return EpochLog(
             losses=mean_losses,
@@ -292,6 +295,10 @@ class TaskTrainer:
     def evaluate(self, loader: DataLoader) -> Evaluation:
         """Metrics and losses of the model on ``loader`` (no augmentation, no gradients).
 
+        Losses are plain, without the class weights or logit adjustments training may use, as
+        every site and ``ctan evaluate`` score them, so that validation losses (which choose
+        ``best.pt`` and a federation's best round) compare across runs and parties.
+
         Metrics that are not computed per batch (``METRICS[m].per_batch`` false, e.g. the
         OpenKBP DVH score) are left to the caller: see :func:`ctan.prediction.evaluate_cases`.
         """
@@ -300,15 +307,15 @@ class TaskTrainer:
         loss_sums = dict.fromkeys(self.losses, 0.0)
         labelled_total = dict.fromkeys(self.losses, 0)
         samples = 0
-        for batch in self._iterate(loader, "evaluate"):
-            batch = move_to(batch, self.device)
+        for cpu_batch in self._iterate(loader, "evaluate"):
+            batch = move_to(cpu_batch, self.device)
             outputs = self._forward(batch)
-            losses = task_losses(outputs, batch, self.tasks, self.losses)
+            losses = task_losses(outputs, batch, self.tasks, self.evaluation_losses)
             labelled = labelled_counts(batch, self.tasks)
             for name, value in losses.items():
                 loss_sums[name] += float(value) * labelled[name]
                 labelled_total[name] += labelled[name]
-            suite.update(outputs, move_to(batch, torch.device("cpu")))
+            suite.update(outputs, cpu_batch)
             samples += int(batch["image"].shape[0])
         if samples == 0:
             raise ValueError("evaluation got an empty data split; it needs at least one case")
@@ -328,13 +335,20 @@ class TaskTrainer:
             yield batch, {name: out.cpu() for name, out in outputs.items()}
 
     def state_dict(self) -> dict[str, Any]:
-        """Optimiser and weighting state: what a site keeps between rounds."""
-        return {"optimizer": self.optimizer.state_dict(), "weighting": self.weighting.state_dict()}
+        """Optimiser, weighting and float16 loss-scaler state: what a site keeps between
+        rounds (a fresh scaler would start high again and skip a round's first steps)."""
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "weighting": self.weighting.state_dict(),
+            "scaler": self._scaler.state_dict(),
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
         self.optimizer.load_state_dict(state["optimizer"])
         self.weighting.load_state_dict(state["weighting"])
+        if state.get("scaler") and self._scaler.is_enabled():
+            self._scaler.load_state_dict(state["scaler"])
 
     def _iterate(self, loader: DataLoader, what: str) -> Iterator[Any]:
         if not self.show_progress:

@@ -122,6 +122,12 @@ def train_centralised(
             "the validation split is empty; set data.split.validation above 0 so that the best "
             "epoch can be chosen"
         )
+    if not any(c.has_label(t.label) for c in splits["validation"] for t in config.tasks):
+        raise ValueError(
+            f"none of the {len(splits['validation'])} validation cases has a label for any task "
+            f"({', '.join(t.name for t in config.tasks)}), so no epoch can be chosen as best; "
+            "use data with labels or another split"
+        )
     folder = Path(folder) if folder is not None else new_run_folder(config)
     folder.mkdir(parents=True, exist_ok=True)
     config_text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
@@ -146,7 +152,7 @@ def train_centralised(
         show_progress=show_progress,
     )
     log = RunLog(folder, tensorboard=tensorboard)
-    best_loss, epoch_seconds = math.inf, []
+    best_loss, best_validation, epoch_seconds = math.inf, None, []
     best_path, last_path = folder / "best.pt", folder / "last.pt"
     logger.info(
         "training %s on %s: %s",
@@ -166,7 +172,7 @@ def train_centralised(
             score = validation_score(validation.losses)
             metrics = {"epoch": epoch, "validation": validation.metrics}
             save_checkpoint(last_path, trainer.model, config, metrics, {"epoch": epoch})
-            if score < best_loss:
+            if best_validation is None or score < best_loss:
                 best_loss, best_validation = score, validation
                 save_checkpoint(best_path, trainer.model, config, metrics, {"epoch": epoch})
             logger.info(

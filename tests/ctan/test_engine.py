@@ -8,6 +8,7 @@ from factories import ARCHS, derm_config
 
 from ctan.data.dataset import CaseDataset, build_cases
 from ctan.engine import ProximalTerm, TaskTrainer, derive_seed, make_loader, resolve_device
+from ctan.losses import class_weights_from_cases
 from ctan.models import build_model, parameter_groups, trainable_groups
 
 
@@ -80,6 +81,29 @@ def test_optimiser_state_round_trips(ham_phantom: Path, tmp_path):
     torch.testing.assert_close(
         other.weighting.state_dict()["log_vars"], trainer.weighting.state_dict()["log_vars"]
     )
+
+
+def test_epoch_loss_is_a_mean_over_labelled_samples_and_evaluation_is_unweighted(
+    ham_phantom: Path, tmp_path
+):
+    config = derm_config(ham_phantom, tmp_path)
+    config = config.model_copy(update={"train": config.train.model_copy(update={"lr": 1e-12})})
+    cases = list(build_cases(config))[:9]
+    loader = _loader(config, cases, shuffle=False)
+    model = build_model(config)
+    balanced = [
+        t.model_copy(update={"class_weights": "balanced"}) if t.kind == "classification" else t
+        for t in config.tasks
+    ]
+    weights = class_weights_from_cases(balanced, cases)
+    assert weights
+    weighted = TaskTrainer(model, config.tasks, config.train, class_weights=weights)
+    plain = TaskTrainer(model, config.tasks, config.train)
+    expected = plain.evaluate(loader).losses
+    assert weighted.evaluate(loader).losses == pytest.approx(expected)
+    epoch = plain.train_epoch(loader)
+    assert epoch.losses == pytest.approx(expected, rel=1e-4), "a batch of 1 weighs as 1 sample"
+    assert "scaler" in plain.state_dict()
 
 
 def test_device_and_seed_helpers():

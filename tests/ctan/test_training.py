@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -114,6 +115,17 @@ def test_empty_validation_split_is_refused(ham_phantom: Path, tmp_path):
     )
     with pytest.raises(ValueError, match="validation split is empty"):
         train_centralised(config.model_copy(update={"data": data}), folder=tmp_path / "r")
+
+
+def test_a_validation_split_without_any_label_is_refused_before_training(
+    ham_phantom: Path, tmp_path
+):
+    config = derm_config(ham_phantom, tmp_path)
+    splits = prepare_splits(config)
+    unlabelled = [replace(c, available={}) for c in splits["validation"]]
+    with pytest.raises(ValueError, match="no epoch can be chosen as best"):
+        train_centralised(config, tmp_path / "r", splits | {"validation": unlabelled})
+    assert not (tmp_path / "r").exists()
 
 
 def test_train_command_with_epoch_override(ham_phantom: Path, tmp_path, capsys):
