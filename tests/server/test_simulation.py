@@ -229,3 +229,18 @@ def test_sites_that_do_not_fit_the_partition_are_named_before_anything_starts(
     error = capsys.readouterr().err
     assert "federation.yaml" in error and "rosendahl" in error
     assert "private FLWR_HOME" not in error and not (tmp_path / "out").exists()
+
+
+def test_a_site_too_small_to_split_is_named_before_anything_starts(
+    ham_phantom: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    from server.simulate import main
+
+    path = write_config(ham_phantom, tmp_path, rounds=1)
+    raw = yaml.safe_load(path.read_text())
+    raw["data"]["split"] = {"validation": 0.01, "test": 0.01}
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["--config", str(path), "--output-dir", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert "cannot split its cases" in error and "split is empty" in error
+    assert not (tmp_path / "out").exists()
