@@ -13,7 +13,7 @@ from typing import Any
 
 from ctan.config import Config, DataConfig, PrivacyConfig, load_config
 from ctan.data.base import Case
-from ctan.site import SiteSettings
+from ctan.site import SiteSettings, site_split_seed
 
 #: run config keys (``[tool.flwr.app.config]``); empty strings and zeros mean "not set"
 RUN_CONFIG_DEFAULTS: dict[str, Any] = {
@@ -125,6 +125,24 @@ def simulated_site_cases(config: Config, site_name: str) -> list[Case]:
         {t.name: t.label for t in config.tasks},
     )
     return held[site_name]
+
+
+def partition_problems(config: Config, partition: Mapping[str, list[Case]]) -> list[str]:
+    """Why sites of a simulated partition could not train, one line each: a site without
+    cases, or one whose cases cannot be split into train, validation and test (for example
+    OpenKBP slices of a single patient)."""
+    from ctan.data.dataset import split_cases
+
+    problems = []
+    for name, cases in partition.items():
+        if not cases:
+            problems.append(f"site {name!r} gets no cases from federation.partition")
+            continue
+        try:
+            split_cases(cases, config.data.split, site_split_seed(config, name))
+        except ValueError as err:
+            problems.append(f"site {name!r} cannot split its {len(cases)} cases: {err}")
+    return problems
 
 
 def simulated_partition(config: Config) -> dict[str, list[Case]]:

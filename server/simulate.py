@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ctan.config import load_config
-from ctan.federation import simulated_partition
+from ctan.federation import partition_problems, simulated_partition
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONNECTION = "simulation"
@@ -273,9 +273,6 @@ def simulate(
     """
     import torch
 
-    from ctan.data.dataset import split_cases
-    from ctan.site import site_split_seed
-
     config = load_config(config_path)
     if config.federation is None or not config.federation.sites:
         raise ValueError(f"{config_path} needs a federation section with sites to simulate")
@@ -283,14 +280,9 @@ def simulate(
         partition = simulated_partition(config)
     except ValueError as err:
         raise ValueError(f"{config_path}: {err}") from err
-    empty = [name for name, cases in partition.items() if not cases]
-    if empty:
-        raise ValueError(f"{config_path}: sites {empty} get no cases from federation.partition")
-    for name, cases in partition.items():
-        try:
-            split_cases(cases, config.data.split, site_split_seed(config, name))
-        except ValueError as err:
-            raise ValueError(f"{config_path}: site {name!r} cannot split its cases: {err}") from err
+    problems = partition_problems(config, partition)
+    if problems:
+        raise ValueError(f"{config_path}: " + "; ".join(problems))
     sites = len(config.federation.sites)
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     cpus, gpu_share = site_resources(

@@ -40,7 +40,7 @@ def _run_synth(args: argparse.Namespace) -> int:
 def _run_partition(args: argparse.Namespace) -> int:
     from ctan.config import load_config
     from ctan.data.partition import format_partition_table
-    from ctan.federation import simulated_partition
+    from ctan.federation import partition_problems, simulated_partition
 
     config = load_config(args.config)
     if config.federation is None or not config.federation.sites:
@@ -49,11 +49,12 @@ def _run_partition(args: argparse.Namespace) -> int:
     label = args.label or partition.label
     label_key = config.task(label).label if label else None
     stratum = partition.stratum if args.label is None else None
-    table = format_partition_table(
-        simulated_partition(config), label_key=label_key, stratum=stratum
-    )
-    print(table)
-    return 0
+    sites = simulated_partition(config)
+    print(format_partition_table(sites, label_key=label_key, stratum=stratum))
+    problems = partition_problems(config, sites)
+    for problem in problems:
+        print(f"problem: {problem}")
+    return 1 if problems else 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -84,7 +85,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Partition the config's data into its federation.sites (federation.partition: site, "
             "iid or dirichlet; labels of tasks a site does not hold removed) and print cases, "
             "groups and labelled cases per site, and the classes of the label (or the values of "
-            "the metadata field) a Dirichlet partition skews."
+            "the metadata field) a Dirichlet partition skews. Exit status 1 when a site gets no "
+            "cases or cannot split them into train, validation and test."
         ),
     )
     partition.add_argument("--config", type=Path, required=True, help="federation YAML")

@@ -264,6 +264,11 @@ def test_partition_command_prints_sites(fed, tmp_path, capsys):
     assert "cases per site" in out and "diagnosis=missing" in out
     for site in ("a", "b", "c"):
         assert f"\n  {site} " in out
+    raw = fed.model_dump(mode="json")
+    raw["data"]["split"] = {"validation": 0.01, "test": 0.01}
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["data", "partition", "--config", str(path)]) == 1
+    assert "problem: site 'a' cannot split its" in capsys.readouterr().out
 
 
 def test_a_site_model_is_scored_on_the_split_it_held_out_and_only_for_its_tasks(fed, tmp_path):
