@@ -189,15 +189,19 @@ def test_site_with_unknown_tasks_is_refused(fed, tmp_path):
         SiteRunner(fed, wrong, [])
 
 
-def test_node_config_of_a_hospital(fed, tmp_path):
-    node = {
+def hospital_node(tasks: str, data: Path, state: Path) -> dict[str, str]:
+    """A hospital's node config: site h1 with HAM10000-layout data."""
+    return {
         "site": "h1",
-        "tasks": "lesion, diagnosis",
+        "tasks": tasks,
         "data-format": "ham10000",
-        "data-root": str(tmp_path),
-        "state-dir": str(tmp_path / "s"),
-        "target-epsilon": 8.0,
+        "data-root": str(data),
+        "state-dir": str(state),
     }
+
+
+def test_node_config_of_a_hospital(fed, tmp_path):
+    node = hospital_node("lesion, diagnosis", tmp_path, tmp_path / "s") | {"target-epsilon": 8.0}
     site = site_from_node_config(node, fed)
     assert site.tasks == ("lesion", "diagnosis") and site.privacy.target_epsilon == 8.0
     assert site.data.root == tmp_path
@@ -300,13 +304,7 @@ def test_a_site_model_is_scored_on_the_split_it_held_out_and_only_for_its_tasks(
 def test_a_hospital_model_is_scored_on_the_split_it_held_out(fed, ham_phantom, tmp_path):
     from ctan.prediction import evaluate_checkpoint
 
-    node = {
-        "site": "h1",
-        "tasks": "lesion",
-        "data-format": "ham10000",
-        "data-root": str(ham_phantom),
-        "state-dir": str(tmp_path / "s"),
-    }
+    node = hospital_node("lesion", ham_phantom, tmp_path / "s")
     site = SiteRunner(fed, site_from_node_config(node, fed))
     arrays = travelling(fed)
     site.train_round(1, arrays)
