@@ -28,7 +28,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ctan.config import load_config
-from ctan.federation import partition_problems, simulated_partition
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONNECTION = "simulation"
@@ -272,6 +271,8 @@ def simulate(
             for a GPU this machine lacks.
     """
     import torch
+
+    from ctan.federation import partition_problems, simulated_partition
 
     config = load_config(config_path)
     if config.federation is None or not config.federation.sites:
