@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+REPOSITORY = Path(__file__).resolve().parents[1]
 
 
 def finite(value: Any) -> bool:
@@ -58,6 +61,52 @@ def write_text(path: Path, text: str) -> None:
     temporary = path.with_name(f".{path.name}.tmp")
     temporary.write_text(text)
     temporary.replace(path)
+
+
+def code_revision(root: Path = REPOSITORY) -> str | None:
+    """The commit the benchmark code is at, so that every stored figure says which code made it.
+
+    ``+changes`` is appended when tracked files outside ``docs/`` differ from the commit
+    (``docs/`` is left out: the benchmarks write their results there). ``None`` outside a git
+    checkout or without git.
+    """
+    git = ["git", "-C", str(root)]
+    try:
+        commit = subprocess.run(
+            [*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        changed = subprocess.run(
+            [*git, "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)docs"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return f"{commit}+changes" if changed else commit
+
+
+def revision_lines(runs: Sequence[Mapping[str, Any]], key: str) -> list[str]:
+    """Markdown lines naming the code revision (``code``, :func:`code_revision`) of every run,
+    rows named by ``run[key]`` and grouped by revision; a row whose runs span revisions lists
+    its seeds under each. No lines without runs."""
+    seeds_of: dict[str, dict[str, list[int]]] = {}
+    for run in runs:
+        revision = run.get("code") or ""
+        seeds_of.setdefault(revision, {}).setdefault(run[key], []).append(run["seed"])
+    revisions_of_row: dict[str, int] = {}
+    for rows in seeds_of.values():
+        for row in rows:
+            revisions_of_row[row] = revisions_of_row.get(row, 0) + 1
+    parts = []
+    for revision, rows in seeds_of.items():
+        names = ", ".join(
+            f"{row} seed {', '.join(map(str, sorted(seeds)))}" if revisions_of_row[row] > 1 else row
+            for row, seeds in rows.items()
+        )
+        label = f"`{revision}`" if revision else "not recorded"
+        parts.append(label if len(seeds_of) == 1 else f"{label} ({names})")
+    return [f"Code revision: {'; '.join(parts)}.", ""] if parts else []
 
 
 def replace_section(text: str, body: str, name: str) -> str:

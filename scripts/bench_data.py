@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import torch
+from bench_common import code_revision
 
 from ctan.config import load_config
 from ctan.data.dataset import CaseDataset, build_cases
@@ -31,6 +32,7 @@ def main() -> None:
             "cores": os.cpu_count(),
             "torch": torch.__version__,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "code": code_revision(),
         }
     }
     if (KBP / "train-pats").is_dir():

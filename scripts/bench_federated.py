@@ -83,11 +83,13 @@ from pathlib import Path
 from typing import Any
 
 from bench_common import (
+    code_revision,
     finite,
     json_safe,
     mean_sd,
     number_text,
     render_stored,
+    revision_lines,
     with_balanced_classes,
     with_logit_adjustment,
     write_sections,
@@ -421,6 +423,7 @@ def render_section(report: Mapping[str, Any], stale: Mapping[str, str] | None = 
             render_table(suite),
             "",
             *_reused_text(suite),
+            *revision_lines(suite.get("runs", []), "variant"),
             f"Federated / centralised CTAN (primary metrics, worst task): "
             f"{ratio_text(checks.get('fed_over_central'))} (target ≥ {RATIO_TO_CENTRAL_MIN}); "
             f"federated CTAN / sites alone: {ratio_text(checks.get('fed_over_alone'))} "
@@ -1085,6 +1088,7 @@ class Report:
             },
         }
         self.sources = other_reports(path, quick, ablation)
+        self.code = code_revision()
         self.federated_runs: dict[str, dict[str, Any]] = {
             run["name"]: run for run in self.data.get("federated_runs", [])
         }
@@ -1255,6 +1259,7 @@ def run_suite(
                     "metrics": weighted_site_mean(per_site),
                     "per_site": per_site,
                     "wall_seconds": time.perf_counter() - began,
+                    "code": report.code,
                 }
                 took = f"{run['wall_seconds']:.0f}s"
             record["runs"].append(run)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from bench_common import code_revision
 
 from ctan.config import Config, load_config
 from ctan.models import ARCHITECTURES, build_model
@@ -191,6 +192,7 @@ def main() -> int:
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "code": code_revision(),
         "steps": steps,
         "results": results,
     }

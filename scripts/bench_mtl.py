@@ -66,10 +66,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 from bench_common import (
+    code_revision,
     json_safe,
     mean_sd,
     number_text,
     render_stored,
+    revision_lines,
     with_balanced_classes,
     write_sections,
     write_text,
@@ -272,6 +274,7 @@ def render_section(report: Mapping[str, Any], plot_name: str | None) -> str:
             "",
             render_table(suite["summary"], suite["tasks"]),
             "",
+            *revision_lines(suite.get("runs", []), "arch"),
         ]
     if plot_name:
         lines.append(f"![Δm against STL per architecture and suite]({plot_name})")
@@ -470,6 +473,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or RESULTS / f"{tag}.json"
     seeds = args.seeds or list(QUICK_SEEDS if args.quick else FULL_SEEDS)
     report = load_report(out)
+    code = code_revision()
     report |= {
         "benchmark": "mtl",
         "quick": args.quick,
@@ -489,7 +493,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             splits = seed_splits(config, seed, suite.resplit, groups)
             for arch in ARCHS:
                 folder = args.runs / tag / name / f"seed{seed}" / arch
-                run = run_one(config, arch, seed, splits, folder)
+                run = run_one(config, arch, seed, splits, folder) | {"code": code}
                 runs.append(run)
                 print(
                     f"{name} seed {seed} {arch:4}: {json.dumps(json_safe(run['metrics']))} "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import bench_common
@@ -56,3 +57,45 @@ def test_write_sections_creates_missing_docs_and_replaces_each_section(tmp_path:
     assert "<!-- a:start -->\none\n<!-- a:end -->" in docs.read_text()
     assert "<!-- b:start -->\nthree\n<!-- b:end -->" in docs.read_text()
     assert "two" not in docs.read_text()
+
+
+def _git(folder: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(folder), *args], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def test_code_revision_names_the_commit_and_local_changes_outside_docs(tmp_path: Path) -> None:
+    assert bench_common.code_revision(tmp_path) is None
+    _git(tmp_path, "init", "-q")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "docs" / "results.json").write_text("{}\n")
+    _git(tmp_path, "add", ".")
+    _git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "start")
+    commit = _git(tmp_path, "rev-parse", "--short=12", "HEAD")
+
+    assert bench_common.code_revision(tmp_path) == commit
+    (tmp_path / "docs" / "results.json").write_text('{"written": "by a benchmark"}\n')
+    (tmp_path / "untracked.py").write_text("y = 2\n")
+    assert bench_common.code_revision(tmp_path) == commit
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert bench_common.code_revision(tmp_path) == f"{commit}+changes"
+
+
+def test_revision_lines_group_rows_by_revision() -> None:
+    def run(variant: str, seed: int, code: str | None) -> dict:
+        return {"variant": variant, "seed": seed, "code": code}
+
+    assert bench_common.revision_lines([run("a", 0, "abc"), run("b", 0, "abc")], "variant") == [
+        "Code revision: `abc`.",
+        "",
+    ]
+    assert bench_common.revision_lines([{"variant": "a", "seed": 0}], "variant")[0] == (
+        "Code revision: not recorded."
+    )
+    assert bench_common.revision_lines([], "variant") == []
+    mixed = [run("a", 0, None), run("a", 1, "def"), run("b", 0, "def"), run("b", 1, "def")]
+    assert bench_common.revision_lines(mixed, "variant")[0] == (
+        "Code revision: not recorded (a seed 0); `def` (a seed 1, b)."
+    )

@@ -189,6 +189,16 @@ def test_section_names_ratios_bytes_heads_and_overhead():
     assert "deployed over TLS: not measured" in section
 
 
+def test_section_names_the_code_revision_of_each_row():
+    report = _report()
+    runs = [_run("centralised-ctan", 0, 2.0, 0.8), _run("federated-ctan", 0, 2.1, 0.78)]
+    report["suites"]["openkbp"]["runs"] = [runs[0], runs[1] | {"code": "0123456789ab"}]
+    section = bench.render_section(report)
+    assert "Code revision: not recorded (centralised-ctan); `0123456789ab` (federated-ctan)." in (
+        section
+    )
+
+
 def test_target_ratios_keep_three_decimals():
     assert bench.ratio_text(1.0028) == "1.003", "a ratio just above 1 must not print as 1"
     assert bench.ratio_text(0.13915) == "0.139"
