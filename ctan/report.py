@@ -194,6 +194,17 @@ def _save_figure(fig: Any, out: Path) -> Path:
         plt.close(fig)
 
 
+def _span(steps: list[int]) -> str:
+    """Round numbers as text, runs collapsed: ``[1, 2, 3, 5]`` -> ``1-3, 5``."""
+    runs: list[list[int]] = []
+    for step in sorted(steps):
+        if runs and step == runs[-1][-1] + 1:
+            runs[-1].append(step)
+        else:
+            runs.append([step])
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
+
+
 def _write_text(path: Path, lines: list[str]) -> Path:
     return atomic_write_bytes(path, lambda file: file.write("\n".join(lines).encode()))
 
@@ -279,9 +290,11 @@ def write_federated_report(
         "",
         "## Traffic and time per round",
         "",
-        "| site | mean bytes sent to site | mean bytes received | mean training s |",
-        "|---|---|---|---|",
+        "| site | mean bytes sent to site | mean bytes received | mean training s | "
+        "updates accepted |",
+        "|---|---|---|---|---|",
     ]
+    rejected: list[str] = []
     for site in names:
         split = curves.get(f"train/{site}", {})
 
@@ -289,11 +302,22 @@ def write_federated_report(
             points = values.get(name, [])
             return sum(v for _, v in points) / len(points) if points else float("nan")
 
+        verdicts = split.get("accepted", [])
+        refused = [int(step) for step, value in verdicts if value == 0]
+        if refused:
+            rejected.append(f"{site} (round{'s' if len(refused) > 1 else ''} {_span(refused)})")
         traffic.append(
             f"| {site} | {mean('bytes-sent'):,.0f} | {mean('bytes-received'):,.0f} | "
-            f"{mean('train-seconds'):.1f} |"
+            f"{mean('train-seconds'):.1f} | "
+            f"{f'{len(verdicts) - len(refused)} of {len(verdicts)}' if verdicts else '-'} |"
         )
     lines += traffic
+    if rejected:
+        lines += [
+            "",
+            f"Rejected updates, left out of their rounds: {'; '.join(rejected)}. The reasons "
+            "are in `metrics.jsonl` (`rejected` of the site's train record).",
+        ]
     if rounds:
         lines += ["", f"Mean round wall time: {sum(v for _, v in rounds) / len(rounds):.1f} s."]
     if best is not None and best.get("round"):

@@ -154,6 +154,10 @@ def validate_update(
 ) -> list[Problem]:
     """Everything wrong with one reply, checked against the groups that were sent.
 
+    A reply carries exactly the groups its site trained: the encoder, and the travelling groups
+    of the tasks it reports; a reply without one of them (an empty reply among them) would
+    otherwise count towards the quorum while adding nothing.
+
     Args:
         update: the site's reply.
         reference: the previous global groups (keys, shapes and dtypes to match).
@@ -162,7 +166,15 @@ def validate_update(
     Returns:
         The problems found; an empty list means the reply is acceptable.
     """
-    problems: list[Problem] = []
+    problems = [
+        Problem(group, "missing group: the site holds its task but did not send it")
+        if group_task(group) is not None
+        else Problem(group, "missing group: every site trains it")
+        for group in reference
+        if group not in update.groups
+        and is_travelling(group, heads)
+        and group_task(group) in {None, *update.tasks}
+    ]
     for group, members in update.groups.items():
         expected = reference.get(group)
         if expected is None or not is_travelling(group, heads):

@@ -583,27 +583,30 @@ def _one_round(
         grid.send_and_receive(messages, timeout=federation.round_timeout), names
     )
     good = _ok(replies, sent, federation.min_sites, names, "train", server_round)
+    new_record, _ = strategy.aggregate_train(server_round, good)
+    report = strategy.last_round
     train_seconds = 0.0
     for reply in good:
-        site = names.get(reply.metadata.src_node_id, str(reply.metadata.src_node_id))
+        node = reply.metadata.src_node_id
+        site = names.get(node, str(node))
         metrics = _reply_metrics(reply)
         received = sum(r.count_bytes() for r in reply.content.array_records.values())
         train_seconds += metrics.get("train-seconds", 0.0)
+        problems = [f"{p.key}: {p.reason}" for p in report.rejected.get(node, [])]
+        if problems:
+            console.print(
+                f"[red]round {server_round}: reply of {site} rejected: {'; '.join(problems)}[/red]"
+            )
         log.log(
             server_round,
             f"train/{site}",
             metrics
             | {
-                "bytes-sent": float(sent_bytes.get(reply.metadata.src_node_id, 0)),
+                "bytes-sent": float(sent_bytes.get(node, 0)),
                 "bytes-received": float(received),
+                "accepted": 0.0 if problems else 1.0,
             },
-        )
-    new_record, _ = strategy.aggregate_train(server_round, good)
-    report = strategy.last_round
-    for node, problems in report.rejected.items():
-        console.print(
-            f"[red]round {server_round}: reply of {names.get(node, node)} rejected: "
-            f"{'; '.join(f'{p.key}: {p.reason}' for p in problems)}[/red]"
+            **({"rejected": problems} if problems else {}),
         )
     require_usable_quorum(
         good, report.rejected, len(sent), federation.min_sites, names, server_round

@@ -150,9 +150,26 @@ def test_missing_count_and_foreign_task_are_rejected() -> None:
     result = aggregate_groups(previous_groups(), [no_count, foreign])
     assert [p.key for p in result.rejected[5]] == ["task.a"]
     assert "count" in result.rejected[5][0].reason
-    assert [p.key for p in result.rejected[6]] == ["task.b"]
-    assert "does not hold task 'b'" in result.rejected[6][0].reason
+    reasons = {p.key: p.reason for p in result.rejected[6]}
+    assert set(reasons) == {"task.a", "task.b"}
+    assert "does not hold task 'b'" in reasons["task.b"]
+    assert "holds its task but did not send it" in reasons["task.a"]
     assert result.contributors == {}
+
+
+def test_a_reply_without_a_group_its_site_trains_is_rejected() -> None:
+    full = site(1, {"a"}, 1.0, {"encoder": 10, "task.a": 10})
+    empty = SiteUpdate(2, {}, {}, frozenset({"a"}))
+    no_task_group = SiteUpdate(
+        3, {"encoder": full.groups["encoder"]}, {"encoder": 10}, frozenset({"a"})
+    )
+    no_encoder = SiteUpdate(4, {"task.a": full.groups["task.a"]}, {"task.a": 10}, frozenset({"a"}))
+    result = aggregate_groups(previous_groups(), [full, empty, no_task_group, no_encoder])
+    assert {p.key for p in result.rejected[2]} == {"encoder", "task.a"}
+    assert [p.key for p in result.rejected[3]] == ["task.a"]
+    assert [p.key for p in result.rejected[4]] == ["encoder"]
+    assert "every site trains it" in result.rejected[4][0].reason
+    assert result.contributors == {"encoder": [1], "task.a": [1]}
 
 
 def test_heads_local_rejects_head_replies() -> None:

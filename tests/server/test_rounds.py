@@ -208,3 +208,49 @@ def test_a_global_model_records_only_the_tasks_some_site_held() -> None:
         SiteInfo(2, "b", ["lesion"], {"lesion": 5}, "0.1.0"),
     ]
     assert held_tasks(sites) == ["lesion"]
+
+
+def test_a_rejected_update_is_logged_as_such_and_named_in_the_report(
+    ham_phantom: Path, tmp_path: Path
+) -> None:
+    import json
+
+    import numpy as np
+    from flwr.app import Array, MessageType
+
+    from server.rounds import run_federation
+
+    class DivergedSite(InProcessGrid):
+        """Node 3's train replies carry NaN weights, as a site whose training diverged."""
+
+        def send_and_receive(self, messages: Iterable[Message], timeout: float) -> list[Message]:
+            replies = super().send_and_receive(messages, timeout)
+            for reply in replies:
+                if reply.metadata.src_node_id == 3 and reply.metadata.message_type == (
+                    MessageType.TRAIN
+                ):
+                    arrays = next(iter(reply.content.array_records.values()))
+                    key = next(k for k in arrays if k.startswith("encoder."))
+                    arrays[key] = Array(np.full(arrays[key].shape, np.nan, np.float32))
+            return replies
+
+    server = federation_yaml(ham_phantom, tmp_path, "server", min_sites=2)
+    config = load_config(server)
+    config = config.model_copy(
+        update={"federation": config.federation.model_copy(update={"rounds": 1})}
+    )
+    grid = DivergedSite({1: (0, server), 2: (1, server), 3: (2, server)}, tmp_path / "state")
+    folder = run_federation(grid, config).folder
+
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    train = {r["split"]: r for r in records if r["split"].startswith("train/")}
+    assert {split: r["accepted"] for split, r in train.items()} == {
+        "train/a": 1.0,
+        "train/b": 1.0,
+        "train/c": 0.0,
+    }
+    assert "rejected" not in train["train/a"]
+    assert any("contains NaN or Inf" in reason for reason in train["train/c"]["rejected"])
+    report = (folder / "report.md").read_text()
+    assert "| c |" in report and "| 0 of 1 |" in report
+    assert "Rejected updates, left out of their rounds: c (round 1)." in report
