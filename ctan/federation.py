@@ -78,6 +78,19 @@ def config_from_run_config(run_config: Mapping[str, Any], app_root: Path) -> Con
     return config.model_copy(update=updates) if updates else config
 
 
+def resume_from_run_config(run_config: Mapping[str, Any]) -> bool:
+    """The run config's ``resume``, which must be a boolean: ``-c 'resume="false"'`` gives the
+    string ``"false"``, which ``bool()`` would read as true.
+
+    Raises:
+        ValueError: ``resume`` is not a boolean.
+    """
+    resume = run_config.get("resume", RUN_CONFIG_DEFAULTS["resume"])
+    if not isinstance(resume, bool):
+        raise ValueError(f"run config key 'resume' must be true or false, got {resume!r}")
+    return resume
+
+
 def simulation_state_dir(run_config: Mapping[str, Any], config: Config) -> Path:
     """Where simulated sites keep their state: ``state-dir`` or ``<output_dir>/site-state``."""
     state = str(run_config.get("state-dir", ""))

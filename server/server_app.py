@@ -7,7 +7,7 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from ctan.federation import config_from_run_config
+from ctan.federation import config_from_run_config, resume_from_run_config
 from server.rounds import run_federation
 
 APP_ROOT = Path(__file__).resolve().parents[1]
@@ -19,4 +19,4 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     """Read the coordinator's YAML (run config ``config``) and run or resume the federation."""
     config = config_from_run_config(context.run_config, APP_ROOT)
-    run_federation(grid, config, resume=bool(context.run_config.get("resume", False)))
+    run_federation(grid, config, resume=resume_from_run_config(context.run_config))

@@ -14,6 +14,7 @@ from ctan.checkpoint import load_checkpoint
 from ctan.config import load_config
 from ctan.federation import (
     config_from_run_config,
+    resume_from_run_config,
     simulated_site,
     simulated_site_cases,
     site_from_node_config,
@@ -221,6 +222,13 @@ def test_run_config_overrides(tmp_path):
         config_from_run_config({"config": "configs/demo.yaml", "round": 1}, root)
     with pytest.raises(ValueError, match=r"'rounds' must be a whole number >= 1.*-1"):
         config_from_run_config({"config": "configs/demo.yaml", "rounds": -1}, root)
+
+
+def test_resume_must_be_a_boolean():
+    assert resume_from_run_config({}) is False
+    assert resume_from_run_config({"resume": True}) is True
+    with pytest.raises(ValueError, match=r"'resume' must be true or false, got 'false'"):
+        resume_from_run_config({"resume": "false"})
 
 
 def test_site_without_labels_for_its_tasks_reports_none(fed, tmp_path, caplog):
