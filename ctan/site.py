@@ -209,15 +209,24 @@ class SiteRunner:
     # --- data ---------------------------------------------------------------------------
 
     def splits(self) -> dict[str, list[Case]]:
-        """The site's train/validation/test cases (split by group, seeded by experiment seed)."""
+        """The site's train/validation/test cases (split by group, seeded by experiment seed).
+
+        Labels of tasks the site does not hold are switched off, also when its data has them:
+        a hospital that joins for lesion masks alone does not train (and so share) what its
+        diagnoses would teach the encoder.
+        """
         if self._splits is None:
             from ctan.data.dataset import build_cases, split_cases
+            from ctan.data.partition import apply_task_availability
 
-            cases = (
-                self._partition_cases
-                if self._partition_cases is not None
-                else list(build_cases(self.config))
-            )
+            cases = self._partition_cases
+            if cases is None:
+                name = self.site.name
+                cases = apply_task_availability(
+                    {name: list(build_cases(self.config))},
+                    {name: list(self.site.tasks)},
+                    {t.name: t.label for t in self.config.tasks},
+                )[name]
             seed = site_split_seed(self.config, self.site.name)
             self._splits = split_cases(cases, self.config.data.split, seed)
         return self._splits

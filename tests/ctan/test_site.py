@@ -320,3 +320,18 @@ def test_a_hospital_model_is_scored_on_the_split_it_held_out(fed, ham_phantom, t
     scored = evaluate_checkpoint(site.folder / "model.pt", split="test")
     assert scored["cases"] == len(site.splits()["test"]) and list(scored["metrics"]) == ["lesion"]
     assert scored["metrics"]["lesion"]["dice"] == pytest.approx(held_out["lesion.dice"])
+
+
+def test_a_hospital_trains_only_the_tasks_it_joined_for_whatever_its_data_holds(
+    fed, ham_phantom, tmp_path
+):
+    site = SiteRunner(
+        fed, site_from_node_config(hospital_node("lesion", ham_phantom, tmp_path), fed)
+    )
+    assert list(site.labelled_counts()) == ["lesion"] and site.held_tasks() == ["lesion"]
+    diagnosis = fed.task("diagnosis").label
+    assert not any(c.available[diagnosis] for c in site.splits()["train"])
+    output = site.train_round(1, travelling(fed))
+    assert output.groups == ["encoder", "task.lesion"]
+    assert output.counts["task.diagnosis"] == 0
+    assert not any(k.startswith("diagnosis.") for k in output.metrics)
