@@ -9,6 +9,7 @@ site state lives on the site's disk.
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,30 @@ def site_runner(context: Context) -> SiteRunner:
     return SiteRunner(config, site_from_node_config(node_config, config))
 
 
+def _sent(
+    runner: SiteRunner, kind: str, message: Message, reply: RecordDict, run: str = ""
+) -> Message:
+    """``reply`` as the answer to ``message``, first logged in the site's ``payloads.jsonl``
+    in full (arrays by group and size), so that the hospital can see everything that left it."""
+    config = message.content.config_records.get("config", ConfigRecord())
+    server_round = config.get("server-round")
+    runner.log_payload(
+        kind,
+        int(server_round) if server_round is not None else None,
+        {
+            key: np.dtype(array.dtype).itemsize * math.prod(array.shape)
+            for record in reply.array_records.values()
+            for key, array in record.items()
+        },
+        {
+            name: dict(record)
+            for name, record in [*reply.metric_records.items(), *reply.config_records.items()]
+        },
+        run,
+    )
+    return Message(reply, reply_to=message)
+
+
 def _arrays(message: Message) -> dict[str, np.ndarray]:
     record = message.content.array_records.get("arrays", ArrayRecord())
     return {key: array.numpy() for key, array in record.items()}
@@ -54,13 +79,14 @@ def _arrays(message: Message) -> dict[str, np.ndarray]:
 @app.query()
 def query(message: Message, context: Context) -> Message:
     """Tell the server what this site holds and which model it builds."""
-    description = site_runner(context).describe()
+    runner = site_runner(context)
+    description = runner.describe()
     labelled = description.pop("labelled")
     cases = int(description.pop("train-cases"))
     reply = ConfigRecord({k: v for k, v in description.items() if v is not None})
     counts = MetricRecord({f"labelled.{task}": int(n) for task, n in labelled.items()})
     counts["train-cases"] = cases
-    return Message(RecordDict({"site": reply, "counts": counts}), reply_to=message)
+    return _sent(runner, "query", message, RecordDict({"site": reply, "counts": counts}))
 
 
 @app.query("refused")
@@ -78,11 +104,12 @@ def train(message: Message, context: Context) -> Message:
     """Train the groups this site may train and send exactly those back."""
     runner = site_runner(context)
     config = message.content.config_records.get("config", ConfigRecord())
+    run = str(config.get("federation-run", ""))
     output = runner.train_round(
         int(config["server-round"]),
         _arrays(message),
         float(config.get("proximal-mu", 0.0)),
-        run=str(config.get("federation-run", "")),
+        run=run,
     )
     metrics = {f"{WEIGHT_KEY}.{group}": count for group, count in output.counts.items()}
     metrics[WEIGHT_KEY] = int(output.counts.get("encoder", max(output.counts.values(), default=0)))
@@ -96,7 +123,7 @@ def train(message: Message, context: Context) -> Message:
             "config": ConfigRecord({"tasks": runner.held_tasks(), "site": runner.site.name}),
         }
     )
-    return Message(reply, reply_to=message)
+    return _sent(runner, "train", message, reply, run)
 
 
 @app.evaluate()
@@ -105,11 +132,9 @@ def evaluate(message: Message, context: Context) -> Message:
     runner = site_runner(context)
     config = message.content.config_records.get("config", ConfigRecord())
     split = str(config.get("split", "validation"))
+    run = str(config.get("federation-run", ""))
     metrics, counts = runner.evaluate_round(
-        int(config["server-round"]),
-        _arrays(message),
-        split,
-        run=str(config.get("federation-run", "")),
+        int(config["server-round"]), _arrays(message), split, run=run
     )
     record = {f"{WEIGHT_KEY}.task.{task}": n for task, n in counts.items()}
     record[WEIGHT_KEY] = max(counts.values(), default=0)
@@ -120,4 +145,4 @@ def evaluate(message: Message, context: Context) -> Message:
             "config": ConfigRecord({"site": runner.site.name}),
         }
     )
-    return Message(reply, reply_to=message)
+    return _sent(runner, "evaluate", message, reply, run)

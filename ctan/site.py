@@ -4,8 +4,8 @@ The ClientApp converts Flower records to plain arrays and calls :class:`SiteRunn
 a site must remember between rounds (its heads, optimiser and weighting state) lives on its own
 disk under ``<state dir>/<federation id>/<site>/``, versioned by server round, because Flower
 keeps ``context.state`` in memory only and gives every run a new run id. A resumed or repeated
-run of the same federation finds it. Every payload the site sends is appended to
-``payloads.jsonl`` there, so the hospital can see what left it.
+run of the same federation finds it. The ClientApp appends every payload the site sends to
+``payloads.jsonl`` there (:meth:`SiteRunner.log_payload`), so the hospital can see what left it.
 """
 
 from __future__ import annotations
@@ -337,21 +337,27 @@ class SiteRunner:
         for old in stale:
             self._state_path(old).unlink(missing_ok=True)
 
-    def _log_payload(
+    def log_payload(
         self,
         kind: str,
-        server_round: int,
-        arrays: Mapping[str, np.ndarray],
-        extra: Mapping[str, Any],
+        server_round: int | None,
+        array_bytes: Mapping[str, int],
+        values: Mapping[str, Mapping[str, Any]],
+        run: str = "",
     ) -> None:
+        """Append one payload this site sent to ``payloads.jsonl``: its kind (query, train,
+        evaluate), the server round and run it answered, the groups, number and raw bytes of its
+        arrays (``array_bytes``: state dict key -> bytes), and every other value in full
+        (``values``: record name -> its entries: counts, metrics, tasks, model keys)."""
         record = {
             "time": time.time(),
             "kind": kind,
+            "run": run,
             "round": server_round,
-            "groups": sorted({group_of(k) for k in arrays}),
-            "arrays": len(arrays),
-            "bytes": int(sum(a.nbytes for a in arrays.values())),
-            **extra,
+            "groups": sorted({group_of(k) for k in array_bytes}),
+            "arrays": len(array_bytes),
+            "bytes": int(sum(array_bytes.values())),
+            "values": {name: dict(entries) for name, entries in values.items()},
         }
         self.folder.mkdir(parents=True, exist_ok=True)
         with (self.folder / "payloads.jsonl").open("a") as log:
@@ -462,7 +468,6 @@ class SiteRunner:
         }
         for task in tasks:
             metrics[f"{task}.loss"] = float(logs[-1].losses[task])
-        self._log_payload("train", server_round, arrays, {"counts": counts})
         return RoundOutput(arrays, counts, metrics, returned)
 
     def evaluate_round(

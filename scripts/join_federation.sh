@@ -29,7 +29,7 @@ the SuperNode's node config; they never come from the coordinator.
   --data-root      folder of the site's data (made absolute)
   --tasks          comma-separated tasks whose labels the site holds
   --device         training device (default auto)
-  --state-dir      where site state lives (heads, optimiser, privacy ledger; default
+  --state-dir      where site state lives (heads, optimiser, payload log; default
                    DIR/state under --home)
   --target-epsilon the site's differential-privacy budget (default: no DP)
   --delta          DP delta (default 1e-5, used with --target-epsilon)

@@ -210,19 +210,18 @@ def test_a_global_model_records_only_the_tasks_some_site_held() -> None:
     assert held_tasks(sites) == ["lesion"]
 
 
-def test_a_rejected_update_is_logged_as_such_and_named_in_the_report(
-    ham_phantom: Path, tmp_path: Path
-) -> None:
-    import json
-
+@pytest.fixture(scope="module")
+def round_with_a_diverged_site(
+    ham_phantom: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path]:
+    """One in-process round of sites a, b and c, c's update carrying NaN weights, as a site
+    whose training diverged: (the run folder, the sites' state folder)."""
     import numpy as np
     from flwr.app import Array, MessageType
 
     from server.rounds import run_federation
 
     class DivergedSite(InProcessGrid):
-        """Node 3's train replies carry NaN weights, as a site whose training diverged."""
-
         def send_and_receive(self, messages: Iterable[Message], timeout: float) -> list[Message]:
             replies = super().send_and_receive(messages, timeout)
             for reply in replies:
@@ -234,14 +233,26 @@ def test_a_rejected_update_is_logged_as_such_and_named_in_the_report(
                     arrays[key] = Array(np.full(arrays[key].shape, np.nan, np.float32))
             return replies
 
-    server = federation_yaml(ham_phantom, tmp_path, "server", min_sites=2)
+    tmp = tmp_path_factory.mktemp("diverged")
+    server = federation_yaml(ham_phantom, tmp, "server", min_sites=2)
     config = load_config(server)
     config = config.model_copy(
         update={"federation": config.federation.model_copy(update={"rounds": 1})}
     )
-    grid = DivergedSite({1: (0, server), 2: (1, server), 3: (2, server)}, tmp_path / "state")
-    folder = run_federation(grid, config).folder
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in {"_task_id": 1, "_run_id": 1, "_node_id": 0}.items():
+            patch.setattr(TaskIdentity, name, value)
+        grid = DivergedSite({1: (0, server), 2: (1, server), 3: (2, server)}, tmp / "state")
+        folder = run_federation(grid, config).folder
+    return folder, tmp / "state" / "admission"
 
+
+def test_a_rejected_update_is_logged_as_such_and_named_in_the_report(
+    round_with_a_diverged_site: tuple[Path, Path],
+) -> None:
+    import json
+
+    folder, _ = round_with_a_diverged_site
     records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     train = {r["split"]: r for r in records if r["split"].startswith("train/")}
     assert {split: r["accepted"] for split, r in train.items()} == {
@@ -254,3 +265,22 @@ def test_a_rejected_update_is_logged_as_such_and_named_in_the_report(
     report = (folder / "report.md").read_text()
     assert "| c |" in report and "| 0 of 1 |" in report
     assert "Rejected updates, left out of their rounds: c (round 1)." in report
+
+
+def test_a_site_logs_every_payload_it_sent(round_with_a_diverged_site: tuple[Path, Path]) -> None:
+    import json
+
+    _, state = round_with_a_diverged_site
+    lines = (state / "b" / "payloads.jsonl").read_text().splitlines()
+    query, train, evaluate = (json.loads(line) for line in lines)
+    assert [query["kind"], train["kind"], evaluate["kind"]] == ["query", "train", "evaluate"]
+    assert query["round"] is None and query["arrays"] == 0
+    site, counts = query["values"]["site"], query["values"]["counts"]
+    assert site["tasks"] == ["lesion"] and site["site"] == "b" and site["model-keys"]
+    assert counts["labelled.lesion"] > 0 and counts["train-cases"] > 0
+    assert train["round"] == 1 and train["run"] == evaluate["run"] != ""
+    assert train["groups"] == ["encoder", "task.lesion"] and train["bytes"] > 0
+    assert train["values"]["config"] == {"tasks": ["lesion"], "site": "b"}
+    assert train["values"]["metrics"]["num-examples.task.lesion"] > 0
+    assert "lesion.loss" in train["values"]["metrics"]
+    assert evaluate["groups"] == [] and "lesion.dice" in evaluate["values"]["metrics"]

@@ -86,9 +86,11 @@ def test_shared_groups_change_and_heads_stay_per_site(two_rounds):
 def test_site_without_a_task_never_sends_its_group(two_rounds):
     _, output = two_rounds
     log = (output / "site-state" / "sim-test" / "rosendahl" / "payloads.jsonl").read_text()
-    lines = log.strip().splitlines()
-    assert len(lines) == 2
-    assert all('"groups": ["encoder", "task.lesion"]' in line for line in lines)
+    sent = [json.loads(line) for line in log.strip().splitlines()]
+    assert [p["kind"] for p in sent] == ["query", "train", "evaluate", "train", "evaluate"]
+    assert all(p["groups"] == ["encoder", "task.lesion"] for p in sent if p["kind"] == "train")
+    metrics = [key for p in sent if p["kind"] != "query" for key in p["values"]["metrics"]]
+    assert "lesion.loss" in metrics and not any(k.startswith("diagnosis.") for k in metrics)
     other = (output / "site-state" / "sim-test" / "vidir_modern" / "payloads.jsonl").read_text()
     assert '"groups": ["encoder", "task.diagnosis", "task.lesion"]' in other
 
