@@ -57,6 +57,12 @@ __all__ = [
 ]
 
 
+#: a site name or federation id, which also names its state folder: no separators, no leading dot
+FOLDER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+#: a training device
+DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"
+
+
 class ConfigError(ValueError):
     """A configuration that cannot be used; the message lists every problem found."""
 
@@ -277,7 +283,7 @@ class TrainConfig(_Section):
     lr: float = Field(default=1.0e-3, gt=0.0)
     weight_decay: float = Field(default=0.0, ge=0.0)
     weighting: Literal["equal", "dwa", "uncertainty"] = "equal"
-    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto"
+    device: Annotated[str, Field(pattern=DEVICE_PATTERN)] = "auto"
     amp: bool = Field(default=True, description="mixed precision where the device supports it")
     num_workers: int = Field(default=0, ge=0)
     augmentation: AugmentationConfig = Field(default_factory=AugmentationConfig)
@@ -294,7 +300,7 @@ class PrivacyConfig(_Section):
 class SiteConfig(_Section):
     """One simulated site and what it holds (stands in for a hospital's own settings)."""
 
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    name: Annotated[str, Field(pattern=FOLDER_NAME_PATTERN)]
     tasks: list[str] = Field(min_length=1)
     privacy: PrivacyConfig | None = None
 
@@ -380,7 +386,7 @@ class RobustConfig(_Section):
 class FederationConfig(_Section):
     """Rounds, strategy and aggregation of a federated run."""
 
-    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    id: Annotated[str, Field(pattern=FOLDER_NAME_PATTERN)]
     rounds: int = Field(default=20, ge=1)
     local_epochs: int = Field(default=1, ge=1)
     strategy: Literal["fedavg", "fedavgm", "fedprox", "fedadam", "fedyogi"] = "fedavg"

@@ -7,11 +7,19 @@ the ClientApp and ServerApp stay thin and this logic is tested without Flower.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ctan.config import Config, DataConfig, PrivacyConfig, load_config
+from ctan.config import (
+    DEVICE_PATTERN,
+    FOLDER_NAME_PATTERN,
+    Config,
+    DataConfig,
+    PrivacyConfig,
+    load_config,
+)
 from ctan.data.base import Case
 from ctan.site import SiteSettings, site_split_seed
 
@@ -25,6 +33,8 @@ RUN_CONFIG_DEFAULTS: dict[str, Any] = {
     "resume": False,
 }
 
+#: the node config keys of a site's differential-privacy budget
+PRIVACY_KEYS = ("target-epsilon", "delta", "max-grad-norm")
 #: node config keys a hospital sets when it joins (``flower-supernode --node-config``)
 NODE_CONFIG_KEYS = (
     "site",
@@ -33,9 +43,7 @@ NODE_CONFIG_KEYS = (
     "data-root",
     "device",
     "state-dir",
-    "target-epsilon",
-    "delta",
-    "max-grad-norm",
+    *PRIVACY_KEYS,
 )
 
 
@@ -187,28 +195,68 @@ def site_from_node_config(node_config: Mapping[str, Any], config: Config) -> Sit
             f'node config lacks {missing}; join with --node-config \'site="..." tasks="a,b" '
             'data-format="..." data-root="/abs/path" state-dir="/abs/path"\''
         )
-    split = config.data.split if config.data is not None else None
+    name, device = str(node_config["site"]), str(node_config.get("device", "auto"))
+    if not re.fullmatch(FOLDER_NAME_PATTERN, name):
+        raise ValueError(
+            f"node config site {name!r} is not a site name: letters, digits, '_', '.' and '-', "
+            "starting with a letter or digit"
+        )
+    if not re.fullmatch(DEVICE_PATTERN, device):
+        raise ValueError(f"node config device {device!r} must be auto, cpu, cuda or cuda:N")
+    for key in ("data-root", "state-dir"):
+        if not Path(str(node_config[key])).is_absolute():
+            raise ValueError(
+                f"node config {key} {str(node_config[key])!r} must be an absolute path (the app "
+                "runs from the SuperNode's app folder, not from where the site started it)"
+            )
     data = DataConfig.model_validate(
         {
             "format": node_config["data-format"],
             "root": str(node_config["data-root"]),
-            **({"split": split.model_dump()} if split is not None else {}),
+            **({"split": _site_split(config, node_config["data-format"])} if config.data else {}),
         },
         context={"base_dir": Path("/")},
     )
-    privacy = None
-    if "target-epsilon" in node_config:
-        privacy = PrivacyConfig(
-            target_epsilon=float(node_config["target-epsilon"]),
-            delta=float(node_config.get("delta", 1e-5)),
-            max_grad_norm=float(node_config.get("max-grad-norm", 1.0)),
-        )
     tasks = tuple(t.strip() for t in str(node_config["tasks"]).split(",") if t.strip())
     return SiteSettings(
-        name=str(node_config["site"]),
+        name=name,
         tasks=tasks,
         state_dir=Path(str(node_config["state-dir"])),
         data=data,
-        device=str(node_config.get("device", "auto")),
-        privacy=privacy,
+        device=device,
+        privacy=_site_privacy(node_config),
     )
+
+
+def _site_split(config: Config, data_format: str) -> dict[str, Any]:
+    """The coordinator's ``data.split`` for a site whose data is in ``data_format``: its
+    ``by`` names a field of the coordinator's data format, so it applies only to sites of that
+    format (each case's own group, a patient or a lesion, stays whole in every format)."""
+    split = config.data.split
+    if split.by is not None and data_format != config.data.format:
+        split = split.model_copy(update={"by": None})
+    return split.model_dump()
+
+
+def _site_privacy(node_config: Mapping[str, Any]) -> PrivacyConfig | None:
+    """The site's differential-privacy budget from its node config (``None`` without
+    ``target-epsilon``).
+
+    Raises:
+        ValueError: a value is not a number, or ``delta`` / ``max-grad-norm`` come without
+            ``target-epsilon`` (key named).
+    """
+    given = [k for k in PRIVACY_KEYS if k in node_config]
+    if not given:
+        return None
+    if "target-epsilon" not in given:
+        raise ValueError(f"node config {given} need target-epsilon, the privacy budget they refine")
+    values: dict[str, float] = {}
+    for key in given:
+        try:
+            values[key.replace("-", "_")] = float(node_config[key])
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"node config {key} must be a number, got {node_config[key]!r}"
+            ) from None
+    return PrivacyConfig(**values)

@@ -210,6 +210,40 @@ def test_node_config_of_a_hospital(fed, tmp_path):
         site_from_node_config({**node, "colour": "red"}, fed)
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"site": ".."}, r"site '\.\.' is not a site name"),
+        ({"site": "a/b"}, r"site 'a/b' is not a site name"),
+        ({"device": "gpu"}, r"device 'gpu' must be auto, cpu, cuda or cuda:N"),
+        ({"data-root": "data/ham"}, r"data-root 'data/ham' must be an absolute path"),
+        ({"state-dir": "state"}, r"state-dir 'state' must be an absolute path"),
+        ({"target-epsilon": "abc"}, r"target-epsilon must be a number, got 'abc'"),
+        ({"delta": 1e-6}, r"\['delta'\] need target-epsilon"),
+    ],
+)
+def test_a_node_config_value_that_cannot_work_is_named(fed, tmp_path, change, message):
+    node = hospital_node("lesion", tmp_path, tmp_path / "s") | change
+    with pytest.raises(ValueError, match=message):
+        site_from_node_config(node, fed)
+
+
+def test_a_hospital_of_another_data_format_splits_by_its_own_groups(fed, tmp_path):
+    by_lesion = fed.model_copy(
+        update={
+            "data": fed.data.model_copy(
+                update={"split": fed.data.split.model_copy(update={"by": "lesion_id"})}
+            )
+        }
+    )
+    same = site_from_node_config(hospital_node("lesion", tmp_path, tmp_path / "s"), by_lesion)
+    assert same.data.split.by == "lesion_id"
+    node = hospital_node("lesion", tmp_path, tmp_path / "s") | {"data-format": "manifest"}
+    other = site_from_node_config(node, by_lesion)
+    assert other.data.split.by is None
+    assert other.data.split.test == fed.data.split.test
+
+
 def test_run_config_overrides(tmp_path):
     root = Path(__file__).resolve().parents[2]
     config = config_from_run_config(
