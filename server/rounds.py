@@ -9,6 +9,7 @@ round number, the strategy state and the seed atomically, so :func:`run_federati
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -104,6 +105,7 @@ def _save_state(path: Path, payload: Mapping[str, Any]) -> None:
     data = {
         "round": payload["round"],
         "seed": payload["seed"],
+        "settings": dict(payload["settings"]),
         "folder": str(payload["folder"]),
         "arrays": tensors(payload["arrays"]),
         "strategy": tensors(payload["strategy"]),
@@ -129,6 +131,48 @@ def load_state(path: Path) -> dict[str, Any]:
     data["strategy"] = {k: v.numpy() for k, v in data["strategy"].items()}
     data["folder"] = Path(data["folder"])
     return data
+
+
+def resume_settings(config: Config) -> dict[str, Any]:
+    """What a resumed run must share with the run it continues to end where that run would
+    have: the seed, the local epochs and every aggregation setting (``rounds`` may change)."""
+    federation = config.federation.model_dump(
+        mode="json",
+        include={
+            "local_epochs",
+            "strategy",
+            "proximal_mu",
+            "server_optimizer",
+            "server_sgd",
+            "robust",
+            "heads",
+        },
+    )
+    return {"experiment.seed": config.experiment.seed} | {
+        f"federation.{key}": json.dumps(value, sort_keys=True) if isinstance(value, dict) else value
+        for key, value in federation.items()
+    }
+
+
+def require_same_settings(saved: Mapping[str, Any], config: Config, path: Path) -> None:
+    """Refuse to resume a run under other settings than it ran with (:func:`resume_settings`;
+    a state written before they were recorded is checked on its seed alone).
+
+    Raises:
+        FederationError: names each setting, its value then and now.
+    """
+    current = resume_settings(config)
+    recorded = saved.get("settings") or {"experiment.seed": saved["seed"]}
+    changed = [
+        f"{key} {recorded[key]!r} -> {value!r}"
+        for key, value in current.items()
+        if key in recorded and recorded[key] != value
+    ]
+    if changed:
+        raise FederationError(
+            f"{path} was written by a run with other settings: {'; '.join(changed)}. Restore "
+            "them to resume that run, or start a new run without --resume"
+        )
 
 
 def wait_for_nodes(grid: Grid, needed: int, timeout: float) -> list[int]:
@@ -461,6 +505,7 @@ def run_federation(grid: Grid, config: Config, resume: bool = False) -> Federati
         if not state_path.is_file():
             raise FederationError(f"nothing to resume: {state_path} does not exist")
         saved = load_state(state_path)
+        require_same_settings(saved, config, state_path)
         require_same_arrays(saved["arrays"], arrays, state_path)
         arrays, first, folder = saved["arrays"], saved["round"] + 1, base / saved["folder"]
         best = saved.get("best", best)
@@ -507,6 +552,7 @@ def run_federation(grid: Grid, config: Config, resume: bool = False) -> Federati
                 {
                     "round": server_round,
                     "seed": config.experiment.seed,
+                    "settings": resume_settings(config),
                     "folder": folder.relative_to(base) if folder.is_relative_to(base) else folder,
                     "arrays": arrays,
                     "strategy": strategy.state_dict(),

@@ -284,3 +284,33 @@ def test_a_site_logs_every_payload_it_sent(round_with_a_diverged_site: tuple[Pat
     assert train["values"]["metrics"]["num-examples.task.lesion"] > 0
     assert "lesion.loss" in train["values"]["metrics"]
     assert evaluate["groups"] == [] and "lesion.dice" in evaluate["values"]["metrics"]
+
+
+def test_a_run_resumes_only_under_the_settings_it_ran_with(ham_phantom: Path, tmp_path: Path):
+    import torch
+
+    from server.rounds import load_state, require_same_settings, resume_settings
+
+    config = load_config(federation_yaml(ham_phantom, tmp_path, "server", min_sites=2))
+    path = tmp_path / "server-state.pt"
+    state = {"round": 1, "seed": 0, "folder": "run-1", "arrays": {}, "strategy": {}, "best": {}}
+    torch.save(state | {"settings": resume_settings(config)}, path)
+    saved = load_state(path)
+
+    def changed(section: str, **update: object):
+        return config.model_copy(
+            update={section: getattr(config, section).model_copy(update=update)}
+        )
+
+    require_same_settings(saved, changed("federation", rounds=9, min_sites=3), path)
+    with pytest.raises(FederationError, match=r"federation\.strategy 'fedavg' -> 'fedadam'"):
+        require_same_settings(saved, changed("federation", strategy="fedadam"), path)
+    with pytest.raises(FederationError, match=r"experiment\.seed 0 -> 5.*without --resume"):
+        require_same_settings(saved, changed("experiment", seed=5), path)
+    robust = config.federation.robust.model_copy(update={"trim_beta": 0.2})
+    with pytest.raises(FederationError, match=r"federation\.robust"):
+        require_same_settings(saved, changed("federation", robust=robust), path)
+    older = {k: v for k, v in saved.items() if k != "settings"}
+    require_same_settings(older, changed("federation", strategy="fedadam"), path)
+    with pytest.raises(FederationError, match=r"experiment\.seed 0 -> 5"):
+        require_same_settings(older, changed("experiment", seed=5), path)
