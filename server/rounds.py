@@ -13,7 +13,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,7 +32,7 @@ from ctan.report import RunLog, write_federated_report
 from ctan.site import model_signature, signature_difference, signature_digest
 from ctan.training import validation_score
 from server.aggregation import split_groups, travelling_groups
-from server.strategy import build_strategy, groups_to_arrayrecord
+from server.strategy import QuorumTimeoutError, build_strategy, groups_to_arrayrecord
 
 logger = logging.getLogger(__name__)
 
@@ -599,6 +599,27 @@ def _save_global_model(
     save_checkpoint(path, model, config, {}, {**extra, "heads": heads, "note": note})
 
 
+def _configured(
+    configure: Callable[[], Iterable[Message]], grid: AdmittedGrid, config: Config
+) -> list[Message]:
+    """The messages of a strategy's configure step; a quorum lost while waiting for sites ends
+    the run naming the admitted sites that are gone and the settings that decide the wait.
+
+    Raises:
+        FederationError: too few admitted sites connected within ``federation.round_timeout``.
+    """
+    try:
+        return list(configure())
+    except QuorumTimeoutError as err:
+        connected = set(grid.get_node_ids())
+        gone = sorted(name for node, name in grid.names.items() if node not in connected)
+        raise FederationError(
+            f"{err}: admitted sites not connected: {gone}; federation.min_sites is "
+            f"{config.federation.min_sites} and federation.round_timeout "
+            f"{config.federation.round_timeout:.0f} s"
+        ) from err
+
+
 def _one_round(
     server_round: int,
     arrays: dict[str, np.ndarray],
@@ -619,7 +640,9 @@ def _one_round(
     start = time.perf_counter()
     record = groups_to_arrayrecord(split_groups(arrays))
     run = ConfigRecord({RUN_KEY: log.folder.name})
-    messages = list(strategy.configure_train(server_round, record, run, grid))
+    messages = _configured(
+        lambda: strategy.configure_train(server_round, record, run, grid), grid, config
+    )
     sent = {m.metadata.dst_node_id for m in messages}
     sent_bytes = {
         m.metadata.dst_node_id: sum(r.count_bytes() for r in m.content.array_records.values())
@@ -659,10 +682,11 @@ def _one_round(
     )
     arrays = _record_to_numpy(new_record)
     train_wall = time.perf_counter() - start
-    eval_messages = list(
-        strategy.configure_evaluate(
-            server_round, new_record, ConfigRecord({"split": "validation", **run}), grid
-        )
+    validation_config = ConfigRecord({"split": "validation", **run})
+    eval_messages = _configured(
+        lambda: strategy.configure_evaluate(server_round, new_record, validation_config, grid),
+        grid,
+        config,
     )
     eval_sent = {m.metadata.dst_node_id for m in eval_messages}
     eval_replies = in_site_order(

@@ -250,7 +250,7 @@ class TaskAwareFedAvg(FedAvg):
             if time.monotonic() >= deadline:
                 raise QuorumTimeoutError(
                     f"round {server_round}: {len(nodes)} nodes connected, {needed} needed, after "
-                    f"waiting {self.node_wait_timeout:.0f} s (node_wait_timeout)"
+                    f"waiting {self.node_wait_timeout:.0f} s"
                 )
             logger.info("waiting for nodes: %d connected, %d needed", len(nodes), needed)
             time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))

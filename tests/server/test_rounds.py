@@ -314,3 +314,30 @@ def test_a_run_resumes_only_under_the_settings_it_ran_with(ham_phantom: Path, tm
     require_same_settings(older, changed("federation", strategy="fedadam"), path)
     with pytest.raises(FederationError, match=r"experiment\.seed 0 -> 5"):
         require_same_settings(older, changed("experiment", seed=5), path)
+
+
+def test_a_site_gone_between_rounds_ends_the_run_naming_it(ham_phantom: Path, tmp_path: Path):
+    from flwr.app import MessageType
+
+    from server.rounds import run_federation
+
+    class LeavesAfterRoundOne(InProcessGrid):
+        """Node 3 disconnects once it has answered round 1's evaluation."""
+
+        def send_and_receive(self, messages: Iterable[Message], timeout: float) -> list[Message]:
+            replies = super().send_and_receive(messages, timeout)
+            if any(m.metadata.message_type == MessageType.EVALUATE for m in messages):
+                self.sites.pop(3, None)
+            return replies
+
+    raw = yaml.safe_load(federation_yaml(ham_phantom, tmp_path, "server", min_sites=3).read_text())
+    raw["federation"] |= {"rounds": 2, "round_timeout": 1}
+    server = tmp_path / "timeout.yaml"
+    server.write_text(yaml.safe_dump(raw))
+    grid = LeavesAfterRoundOne({1: (0, server), 2: (1, server), 3: (2, server)}, tmp_path / "s")
+    with pytest.raises(
+        FederationError,
+        match=r"round 2: 2 nodes connected, 3 needed, after waiting 1 s: admitted sites not "
+        r"connected: \['c'\]; federation\.min_sites is 3 and federation\.round_timeout 1 s",
+    ):
+        run_federation(grid, load_config(server))
