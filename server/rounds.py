@@ -175,29 +175,10 @@ def require_same_settings(saved: Mapping[str, Any], config: Config, path: Path) 
         )
 
 
-def wait_for_nodes(grid: Grid, needed: int, timeout: float) -> list[int]:
-    """Node ids once at least ``needed`` are connected.
-
-    Raises:
-        FederationError: fewer connected within ``timeout`` seconds.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        nodes = sorted(grid.get_node_ids())
-        if len(nodes) >= needed:
-            return nodes
-        if time.monotonic() >= deadline:
-            raise FederationError(
-                f"only {len(nodes)} sites connected within {timeout:.0f} s; "
-                f"federation.min_sites is {needed}"
-            )
-        time.sleep(1.0)
-
-
-def query_sites(
-    grid: Grid, config: Config, nodes: list[int]
-) -> tuple[list[SiteInfo], dict[int, str]]:
-    """Ask every node what it holds; admit those whose model matches and hold a task.
+def gather_sites(grid: Grid, config: Config) -> tuple[list[SiteInfo], dict[int, str]]:
+    """The sites a run starts with: nodes are queried as they connect until
+    ``federation.min_sites`` are admitted, for at most ``federation.round_timeout`` seconds. A
+    refused node does not end the wait: a valid site may still connect.
 
     The admitted sites come in site-name order, whatever order the replies arrived in, so the
     console, the report and the model card list them alike from run to run. A site refused for
@@ -208,15 +189,30 @@ def query_sites(
         The admitted sites and the refusals (node id: reason).
 
     Raises:
-        FederationError: fewer than ``min_sites`` sites can be admitted (each refusal named).
+        FederationError: fewer than ``min_sites`` sites admitted in time (each refusal named).
     """
-    admitted, refused = admit_sites(grid, config, nodes)
-    if len(admitted) < config.federation.min_sites:
-        raise FederationError(
-            f"{len(admitted)} sites admitted, federation.min_sites is "
-            f"{config.federation.min_sites}; refused: {refused or 'none'}"
-        )
-    return admitted, refused
+    federation = config.federation
+    deadline = time.monotonic() + federation.round_timeout
+    sites: list[SiteInfo] = []
+    refused: dict[int, str] = {}
+    asked: set[int] = set()
+    while True:
+        connected = set(grid.get_node_ids())
+        fresh = sorted(connected - asked)
+        if fresh:
+            admitted, turned_away = admit_sites(grid, config, fresh, [s.name for s in sites])
+            sites = sorted([*sites, *admitted], key=lambda site: site.name)
+            refused |= turned_away
+            asked |= set(fresh)
+        if len(sites) >= federation.min_sites:
+            return sites, refused
+        if time.monotonic() >= deadline:
+            raise FederationError(
+                f"{len(sites)} sites admitted within {federation.round_timeout:.0f} s "
+                f"(federation.round_timeout), federation.min_sites is {federation.min_sites}; "
+                f"{len(connected)} nodes connected; refused: {refused or 'none'}"
+            )
+        time.sleep(1.0)
 
 
 def for_good(refused: Mapping[int, str]) -> set[int]:
@@ -520,8 +516,7 @@ def run_federation(grid: Grid, config: Config, resume: bool = False) -> Federati
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
         folder = base / f"run-{stamp}"
         folder.mkdir(parents=True, exist_ok=True)
-    nodes = wait_for_nodes(grid, federation.min_sites, federation.round_timeout)
-    sites, refused = query_sites(grid, config, nodes)
+    sites, refused = gather_sites(grid, config)
     admitted = AdmittedGrid(grid, {s.node_id: s.name for s in sites})
     turned_away = for_good(refused)
     for site in sites:

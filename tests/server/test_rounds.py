@@ -11,6 +11,7 @@ admits and what it says about the others.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from server.rounds import (
     FederationError,
     admit_newcomers,
     admit_sites,
-    query_sites,
+    gather_sites,
 )
 
 
@@ -95,7 +96,7 @@ def test_sites_building_another_model_or_failing_are_refused_by_name(
     wider = federation_yaml(ham_phantom, tmp_path, "wider", min_sites=1, widths=[8, 16, 48])
     grid = InProcessGrid({1: (0, server), 2: (1, wider)}, tmp_path / "state")
     with caplog.at_level(logging.ERROR, logger="server.rounds"):
-        admitted, _ = query_sites(grid, load_config(server), [1, 2, 3])
+        admitted, _ = admit_sites(grid, load_config(server), [1, 2, 3])
     assert [(s.node_id, s.name, s.tasks) for s in admitted] == [(1, "a", ["lesion", "diagnosis"])]
     assert admitted[0].labelled["lesion"] > 0
     assert "node 2 refused: site 'b' builds a different model" in caplog.text
@@ -112,21 +113,44 @@ def test_admitted_sites_come_in_name_order_whatever_the_reply_order(
 ) -> None:
     server = federation_yaml(ham_phantom, tmp_path, "server", min_sites=3)
     grid = InProcessGrid({1: (2, server), 2: (0, server), 3: (1, server)}, tmp_path / "state")
-    admitted, _ = query_sites(grid, load_config(server), [1, 2, 3])
+    admitted, _ = gather_sites(grid, load_config(server))
     assert [(s.name, s.node_id) for s in admitted] == [("a", 2), ("b", 3), ("c", 1)]
 
 
-def test_too_few_admitted_sites_end_the_run_naming_each_refusal(
+def test_a_refusal_does_not_end_the_wait_for_sites_but_the_timeout_does(
     ham_phantom: Path, tmp_path: Path
 ) -> None:
-    server = federation_yaml(ham_phantom, tmp_path, "server", min_sites=2)
+    raw = yaml.safe_load(federation_yaml(ham_phantom, tmp_path, "server", min_sites=2).read_text())
+    raw["federation"]["round_timeout"] = 2
+    server = tmp_path / "waiting.yaml"
+    server.write_text(yaml.safe_dump(raw))
     wider = federation_yaml(ham_phantom, tmp_path, "wider", min_sites=2, widths=[8, 16, 48])
+
+    class ThirdComesLater(InProcessGrid):
+        """Node 3 connects once the server has looked twice."""
+
+        looks = 0
+
+        def get_node_ids(self) -> list[int]:
+            self.looks += 1
+            if self.looks == 3:
+                self.sites[3] = (2, server)
+            return super().get_node_ids()
+
+    later = ThirdComesLater({1: (0, server), 2: (1, wider)}, tmp_path / "state")
+    admitted, refused = gather_sites(later, load_config(server))
+    assert [(s.name, s.node_id) for s in admitted] == [("a", 1), ("c", 3)]
+    assert "site 'b' builds a different model" in refused[2]
+
     grid = InProcessGrid({1: (0, server), 2: (1, wider)}, tmp_path / "state")
+    started = time.monotonic()
     with pytest.raises(
-        FederationError, match=r"1 sites admitted, federation\.min_sites is 2"
-    ) as err:
-        query_sites(grid, load_config(server), [1, 2])
-    assert "site 'b' builds a different model" in str(err.value)
+        FederationError,
+        match=r"1 sites admitted within 2 s \(federation\.round_timeout\), federation\.min_sites "
+        r"is 2; 2 nodes connected; refused: .*site 'b' builds a different model",
+    ):
+        gather_sites(grid, load_config(server))
+    assert time.monotonic() - started >= 2
 
 
 def test_a_second_node_with_a_taken_site_name_or_a_malformed_answer_is_refused(
@@ -158,7 +182,7 @@ def test_sites_that_connect_later_are_admitted_at_the_next_round(
     wider = federation_yaml(ham_phantom, tmp_path, "wider", min_sites=1, widths=[8, 16, 48])
     grid = InProcessGrid({1: (0, server)}, tmp_path / "state")
     config = load_config(server)
-    sites, _ = query_sites(grid, config, [1])
+    sites, _ = admit_sites(grid, config, [1])
     admitted = AdmittedGrid(grid, {s.node_id: s.name for s in sites})
     turned_away: set[int] = set()
     assert admit_newcomers(grid, config, admitted, sites, turned_away, 2) == []
