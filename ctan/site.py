@@ -480,8 +480,9 @@ class SiteRunner:
         """Score the site's personalised model (server groups + its own heads) on ``split``.
 
         Also writes the personalised model to ``<site state>/model.pt`` (a ctan checkpoint)
-        and, on the validation split, keeps the best round's in ``best.pt``. ``run`` as in
-        :meth:`train_round`.
+        and, on the validation split, keeps the best round's in ``best.pt``; not while its
+        heads are local and untrained (no state of its own yet: its training failed, or it
+        has not been sampled). ``run`` as in :meth:`train_round`.
 
         Returns:
             ``({"<task>.<metric>": value, "<task>.loss": value}, {task: labelled cases})`` for
@@ -490,7 +491,7 @@ class SiteRunner:
         from ctan.prediction import evaluate_cases
 
         self._join_run(run)
-        model, _ = self._prepared(server_round, global_arrays, newest=server_round + 1)
+        model, own = self._prepared(server_round, global_arrays, newest=server_round + 1)
         cases = self.splits()[split]
         if not cases:
             raise ValueError(f"site {self.site.name!r} has an empty {split} split")
@@ -506,6 +507,14 @@ class SiteRunner:
                 metrics[f"{task}.{name}"] = float(value)
             metrics[f"{task}.loss"] = float(evaluation.losses[task])
         counts = {t: evaluation.labelled[t] for t in tasks}
+        if own is None and self.federation.heads == "local":
+            logger.warning(
+                "site %s: no trained state of its own before round %d, so its heads are "
+                "untrained; its model is not saved this round",
+                self.site.name,
+                server_round,
+            )
+            return metrics, counts
         save_checkpoint(
             self.folder / "model.pt",
             model,

@@ -367,3 +367,15 @@ def test_a_hospital_trains_only_the_tasks_it_joined_for_whatever_its_data_holds(
     assert output.groups == ["encoder", "task.lesion"]
     assert output.counts["task.diagnosis"] == 0
     assert not any(k.startswith("diagnosis.") for k in output.metrics)
+
+
+def test_a_site_saves_no_model_before_its_heads_are_trained(fed, tmp_path, caplog):
+    site = runner(fed, 0, tmp_path)
+    arrays = travelling(fed)
+    with caplog.at_level(logging.WARNING, logger="ctan.site"):
+        metrics, _ = site.evaluate_round(1, arrays)
+    assert "lesion.dice" in metrics and "heads are untrained" in caplog.text
+    assert not (site.folder / "model.pt").exists() and not (site.folder / "best.pt").exists()
+    site.train_round(2, arrays)
+    site.evaluate_round(2, arrays)
+    assert (site.folder / "model.pt").is_file() and (site.folder / "best.pt").is_file()
