@@ -312,8 +312,15 @@ class SiteRunner:
         except Exception as err:
             raise ValueError(f"site state {path} cannot be read: {err}") from err
 
-    def _save_state(self, server_round: int, model: torch.nn.Module, trainer: TaskTrainer) -> None:
-        """Save this round's heads and optimiser state; keep the ``KEEP_ROUNDS`` newest rounds.
+    def _save_state(
+        self,
+        server_round: int,
+        model: torch.nn.Module,
+        trainer: TaskTrainer,
+        tasks: Sequence[str],
+    ) -> None:
+        """Save this round's heads, optimiser state and the ``tasks`` it trained (the optimiser
+        state fits their parameters only); keep the ``KEEP_ROUNDS`` newest rounds.
 
         States of later rounds are left by an earlier run of the federation (a new run counts
         from round 1 again) or by a round the server never completed before a resume; both
@@ -324,6 +331,7 @@ class SiteRunner:
         state = model.state_dict()
         payload = {
             "round": server_round,
+            "tasks": list(tasks),
             "local": {k: state[k].detach().cpu() for k in local_keys},
             "trainer": trainer.state_dict(),
         }
@@ -438,7 +446,18 @@ class SiteRunner:
             logit_adjustments=logit_adjustments_from_cases(self.config.tasks, train_cases),
         )
         if previous is not None:
-            trainer.load_state_dict(previous["trainer"])
+            before = previous.get("tasks", tasks)
+            if before == tasks:
+                trainer.load_state_dict(previous["trainer"])
+            else:
+                logger.warning(
+                    "site %s: it trained %s until round %d and trains %s now; its optimiser "
+                    "and loss weighting start afresh",
+                    self.site.name,
+                    before,
+                    previous["round"],
+                    tasks,
+                )
         seed = derive_seed(self.config.experiment.seed, self.site.name, server_round)
         seed_everything(seed)
         loader = make_loader(
@@ -452,7 +471,7 @@ class SiteRunner:
         reference = {k: torch.as_tensor(np.asarray(v)).to(device) for k, v in global_arrays.items()}
         proximal = ProximalTerm(proximal_mu, reference) if proximal_mu > 0 else None
         logs = [trainer.train_epoch(loader, proximal) for _ in range(self.federation.local_epochs)]
-        self._save_state(server_round, model, trainer)
+        self._save_state(server_round, model, trainer, tasks)
         state = model.state_dict()
         sent_groups = {group_of(k) for k in global_arrays}
         returned = [g for g in trained if g in sent_groups]

@@ -379,3 +379,19 @@ def test_a_site_saves_no_model_before_its_heads_are_trained(fed, tmp_path, caplo
     site.train_round(2, arrays)
     site.evaluate_round(2, arrays)
     assert (site.folder / "model.pt").is_file() and (site.folder / "best.pt").is_file()
+
+
+def test_a_site_whose_tasks_changed_trains_on_with_a_fresh_optimiser(
+    fed, ham_phantom, tmp_path, caplog
+):
+    arrays = travelling(fed)
+    state = tmp_path / "state"
+    lesion = hospital_node("lesion", ham_phantom, state)
+    SiteRunner(fed, site_from_node_config(lesion, fed)).train_round(1, arrays)
+    both = hospital_node("lesion,diagnosis", ham_phantom, state)
+    with caplog.at_level(logging.WARNING, logger="ctan.site"):
+        output = SiteRunner(fed, site_from_node_config(both, fed)).train_round(2, arrays)
+    assert sorted(output.groups) == ["encoder", "task.diagnosis", "task.lesion"]
+    assert "it trained ['lesion'] until round 1 and trains ['lesion', 'diagnosis'] now" in (
+        caplog.text
+    )
