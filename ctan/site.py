@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import re
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 STATE_FILE = re.compile(r"^round-(\d+)\.pt$")
 KEEP_ROUNDS = 3
+#: where a site keeps the states of the run before the current one (see ``_join_run``)
+PREVIOUS_RUN = "previous-run"
 
 
 def site_split_seed(config: Config, site_name: str) -> int:
@@ -393,21 +396,52 @@ class SiteRunner:
 
     def _join_run(self, run: str) -> None:
         """Start keeping state for federation run ``run`` (named by the server; a resume keeps
-        the name): the round states and best model another run left are removed, so that no
-        round of this run restores them, also where the site first trains after round 1."""
+        the name), so that no round of this run restores another run's states, also where the
+        site first trains after round 1.
+
+        The round states and best model of the run before are moved aside into
+        ``previous-run/`` rather than deleted: the server keeps that run resumable until the
+        new one completes its first round, so a new run started by mistake and stopped costs
+        nothing; resuming that run moves its states back (and the other run's aside).
+        """
         if not run:
             return
         marker = self.folder / "run"
         earlier = marker.read_text().strip() if marker.is_file() else None
         if earlier == run:
             return
-        if self.folder.is_dir():
-            for path in self.folder.iterdir():
-                if STATE_FILE.match(path.name) or path.name == "best.pt":
-                    path.unlink(missing_ok=True)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        previous = self.folder / PREVIOUS_RUN
+        back = previous / "run"
+        restoring = back.is_file() and back.read_text().strip() == run
+        aside = self.folder / f".{PREVIOUS_RUN}.moving"
+        shutil.rmtree(aside, ignore_errors=True)
+        aside.mkdir()
+        for path in self._run_files(self.folder):
+            path.rename(aside / path.name)
+        if restoring:
+            for path in self._run_files(previous):
+                path.rename(self.folder / path.name)
+        shutil.rmtree(previous, ignore_errors=True)
         if earlier is not None:
-            logger.info("site %s: run %s replaces run %s", self.site.name, run, earlier)
+            marker.rename(aside / "run")
+            aside.rename(previous)
+            logger.info(
+                "site %s: run %s %s run %s, whose states are kept in %s",
+                self.site.name,
+                run,
+                "resumes after" if restoring else "replaces",
+                earlier,
+                previous,
+            )
+        else:
+            shutil.rmtree(aside)
         atomic_write_bytes(marker, lambda f: f.write(f"{run}\n".encode()))
+
+    @staticmethod
+    def _run_files(folder: Path) -> list[Path]:
+        """The files of one run in ``folder``: its round states and its best model."""
+        return [p for p in folder.iterdir() if STATE_FILE.match(p.name) or p.name == "best.pt"]
 
     def train_round(
         self,

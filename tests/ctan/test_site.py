@@ -139,11 +139,34 @@ def test_a_site_first_training_late_in_a_new_run_restores_nothing_of_an_earlier_
     joined = runner(fed, 0, tmp_path)
     joined._join_run("run-b")
     assert not list(site.folder.glob("round-*.pt")) and not (site.folder / "best.pt").exists()
+    assert (site.folder / "previous-run" / "best.pt").is_file()
     assert (site.folder / "run").read_text() == "run-b\n"
     joined.train_round(5, arrays, run="run-b")
     assert [p.name for p in site.folder.glob("round-*.pt")] == ["round-0005.pt"]
     joined.evaluate_round(5, arrays, run="run-b")
     assert load_checkpoint(site.folder / "best.pt").extra["round"] == 5
+
+
+def test_a_run_resumed_after_a_new_run_was_started_finds_its_states(fed, tmp_path):
+    site = runner(fed, 0, tmp_path)
+    arrays = travelling(fed)
+    for round_ in (1, 2):
+        site.train_round(round_, arrays, run="run-a")
+    site.evaluate_round(2, arrays, run="run-a")
+    kept = (site.folder / "round-0002.pt").read_bytes()
+    site.train_round(1, arrays, run="run-b")
+    assert [p.name for p in site.folder.glob("round-*.pt")] == ["round-0001.pt"]
+    assert (site.folder / "previous-run" / "round-0002.pt").read_bytes() == kept
+    site.train_round(3, arrays, run="run-a")
+    assert (site.folder / "round-0002.pt").read_bytes() == kept
+    assert sorted(p.name for p in site.folder.glob("round-*.pt")) == [
+        "round-0001.pt",
+        "round-0002.pt",
+        "round-0003.pt",
+    ]
+    assert load_checkpoint(site.folder / "best.pt").extra["round"] == 2
+    assert [p.name for p in (site.folder / "previous-run").glob("round-*.pt")] == ["round-0001.pt"]
+    assert (site.folder / "previous-run" / "run").read_text() == "run-b\n"
 
 
 def test_best_round_is_kept_by_validation_loss(fed, tmp_path):
