@@ -47,6 +47,8 @@ STATE_FILE = re.compile(r"^round-(\d+)\.pt$")
 KEEP_ROUNDS = 3
 #: where a site keeps the states of the run before the current one (see ``_join_run``)
 PREVIOUS_RUN = "previous-run"
+#: the digests of a site's splits in the current run (see ``_hold_splits``)
+SPLITS_FILE = "splits.json"
 
 
 def site_split_seed(config: Config, site_name: str) -> int:
@@ -438,6 +440,33 @@ class SiteRunner:
             shutil.rmtree(aside)
         atomic_write_bytes(marker, lambda f: f.write(f"{run}\n".encode()))
 
+    def _hold_splits(self, run: str) -> None:
+        """Keep the site's splits fixed for the whole of run ``run``: their digests are
+        recorded at the run's first message and compared at every later one, so that data
+        added or removed during a run cannot move held-out cases into training unnoticed.
+
+        Raises:
+            ValueError: a split no longer holds the cases it held earlier in the run.
+        """
+        if not run:
+            return
+        path = self.folder / SPLITS_FILE
+        current = {part: split_digest(cases) for part, cases in self.splits().items()}
+        recorded = json.loads(path.read_text()) if path.is_file() else {}
+        if recorded.get("run") != run:
+            text = json.dumps({"run": run, "digests": current})
+            atomic_write_bytes(path, lambda f: f.write(text.encode()))
+            return
+        held = recorded["digests"]
+        moved = [part for part, digest in current.items() if held.get(part) != digest]
+        if moved:
+            raise ValueError(
+                f"site {self.site.name!r}: the data changed during run {run}: its {moved} "
+                f"split{'s' if len(moved) > 1 else ''} no longer hold the cases they held at the "
+                "run's start, so held-out cases could move into training. Restore the data "
+                "for this run, or start a new run"
+            )
+
     @staticmethod
     def _run_files(folder: Path) -> list[Path]:
         """The files of one run in ``folder``: its round states and its best model."""
@@ -465,6 +494,7 @@ class SiteRunner:
         from ctan.data.dataset import CaseDataset
 
         self._join_run(run)
+        self._hold_splits(run)
         model, previous = self._prepared(server_round, global_arrays, newest=server_round)
         tasks = self.held_tasks()
         trained = trainable_groups(model, tasks)
@@ -544,6 +574,7 @@ class SiteRunner:
         from ctan.prediction import evaluate_cases
 
         self._join_run(run)
+        self._hold_splits(run)
         model, own = self._prepared(server_round, global_arrays, newest=server_round + 1)
         cases = self.splits()[split]
         if not cases:

@@ -418,3 +418,19 @@ def test_a_site_whose_tasks_changed_trains_on_with_a_fresh_optimiser(
     assert "it trained ['lesion'] until round 1 and trains ['lesion', 'diagnosis'] now" in (
         caplog.text
     )
+
+
+def test_a_hospital_whose_data_changes_during_a_run_is_stopped(fed, ham_phantom, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(ham_phantom, data)
+    node = hospital_node("lesion", data, tmp_path / "state")
+    arrays = travelling(fed)
+    SiteRunner(fed, site_from_node_config(node, fed)).train_round(1, arrays, run="run-a")
+    metadata = data / "HAM10000_metadata.csv"
+    rows = metadata.read_text().splitlines()
+    metadata.write_text("\n".join(rows[:-5]) + "\n")
+    with pytest.raises(ValueError, match=r"'h1': the data changed during run run-a: its \["):
+        SiteRunner(fed, site_from_node_config(node, fed)).train_round(2, arrays, run="run-a")
+    SiteRunner(fed, site_from_node_config(node, fed)).train_round(1, arrays, run="run-b")
