@@ -43,6 +43,8 @@ NODE_CONFIG_KEYS = (
     "data-root",
     "device",
     "state-dir",
+    "cache-dir",
+    "skip-bad",
     *PRIVACY_KEYS,
 )
 
@@ -176,7 +178,8 @@ def site_from_node_config(node_config: Mapping[str, Any], config: Config) -> Sit
 
     Keys (:data:`NODE_CONFIG_KEYS`): ``site``, ``tasks`` (comma-separated), ``data-format``,
     ``data-root`` (absolute), ``device`` (default ``auto``), ``state-dir`` (absolute), and
-    optionally ``target-epsilon``, ``delta``, ``max-grad-norm``. The privacy budget
+    optionally ``cache-dir`` (absolute), ``skip-bad`` (true: leave unreadable cases out),
+    ``target-epsilon``, ``delta``, ``max-grad-norm``. The privacy budget
     always comes from here, never from the coordinator.
 
     Raises:
@@ -203,20 +206,14 @@ def site_from_node_config(node_config: Mapping[str, Any], config: Config) -> Sit
         )
     if not re.fullmatch(DEVICE_PATTERN, device):
         raise ValueError(f"node config device {device!r} must be auto, cpu, cuda or cuda:N")
-    for key in ("data-root", "state-dir"):
-        if not Path(str(node_config[key])).is_absolute():
+    for key in ("data-root", "state-dir", "cache-dir"):
+        if key in node_config and not Path(str(node_config[key])).is_absolute():
             raise ValueError(
                 f"node config {key} {str(node_config[key])!r} must be an absolute path (the app "
                 "runs from the SuperNode's app folder, not from where the site started it)"
             )
-    data = DataConfig.model_validate(
-        {
-            "format": node_config["data-format"],
-            "root": str(node_config["data-root"]),
-            **({"split": _site_split(config, node_config["data-format"])} if config.data else {}),
-        },
-        context={"base_dir": Path("/")},
-    )
+    section = _site_data(node_config, config)
+    data = DataConfig.model_validate(section, context={"base_dir": Path("/")})
     tasks = tuple(t.strip() for t in str(node_config["tasks"]).split(",") if t.strip())
     return SiteSettings(
         name=name,
@@ -228,14 +225,40 @@ def site_from_node_config(node_config: Mapping[str, Any], config: Config) -> Sit
     )
 
 
-def _site_split(config: Config, data_format: str) -> dict[str, Any]:
-    """The coordinator's ``data.split`` for a site whose data is in ``data_format``: its
-    ``by`` names a field of the coordinator's data format, so it applies only to sites of that
-    format (each case's own group, a patient or a lesion, stays whole in every format)."""
-    split = config.data.split
-    if split.by is not None and data_format != config.data.format:
+def _site_data(node_config: Mapping[str, Any], config: Config) -> dict[str, Any]:
+    """A hospital's ``data`` section: format, root, cache folder and ``skip_bad`` are its own;
+    from the coordinator's ``data`` it takes the split fractions, and the settings that name
+    fields or channels of the coordinator's data format (``split.by``, ``laterality``) only
+    when its data is in that format (each case's own group, a patient or a lesion, stays in one
+    split in every format).
+
+    Raises:
+        ValueError: ``skip-bad`` is not true or false.
+    """
+    data_format = str(node_config["data-format"])
+    skip_bad = node_config.get("skip-bad", False)
+    if isinstance(skip_bad, str) and skip_bad.lower() in {"true", "false"}:
+        skip_bad = skip_bad.lower() == "true"
+    if not isinstance(skip_bad, bool):
+        raise ValueError(f"node config skip-bad must be true or false, got {skip_bad!r}")
+    section: dict[str, Any] = {
+        "format": data_format,
+        "root": str(node_config["data-root"]),
+        "skip_bad": skip_bad,
+    }
+    if "cache-dir" in node_config:
+        section["cache_dir"] = str(node_config["cache-dir"])
+    coordinator = config.data
+    if coordinator is None:
+        return section
+    same_format = data_format == coordinator.format
+    split = coordinator.split
+    if split.by is not None and not same_format:
         split = split.model_copy(update={"by": None})
-    return split.model_dump()
+    section["split"] = split.model_dump()
+    if same_format and coordinator.laterality is not None:
+        section["laterality"] = coordinator.laterality.model_dump()
+    return section
 
 
 def _site_privacy(node_config: Mapping[str, Any]) -> PrivacyConfig | None:

@@ -9,6 +9,7 @@ usage() {
 Usage: $(basename "$0") --superlink HOST:PORT --ca CA.crt --key PRIVATE_KEY --site NAME
                         --data-format FORMAT --data-root DIR --tasks T1[,T2...]
                         [--device auto|cpu|cuda|cuda:N] [--state-dir DIR]
+                        [--cache-dir DIR] [--skip-bad]
                         [--target-epsilon EPS] [--delta DELTA]
                         [--runtime-port PORT] [--health-address HOST:PORT]
                         [--home DIR] [--max-wait-time SECONDS] [--trusted-entities YAML]
@@ -26,11 +27,14 @@ the SuperNode's node config; they never come from the coordinator.
   --key            the site's private key from make_site_key.sh (mode 600 or stricter)
   --site           site name (letters, digits, . _ -)
   --data-format    ham10000 | openkbp | stoic | manifest
-  --data-root      folder of the site's data (made absolute)
+  --data-root      folder of the site's data, or a manifest CSV (made absolute)
   --tasks          comma-separated tasks whose labels the site holds
   --device         training device (default auto)
   --state-dir      where site state lives (heads, optimiser, payload log; default
                    DIR/state under --home)
+  --cache-dir      where decoded cases are cached (default: .ctan-cache in the data folder
+                   when it can be written, else ~/.cache/ctan)
+  --skip-bad       leave out cases that cannot be read (logged) instead of stopping
   --target-epsilon the site's differential-privacy budget (default: no DP)
   --delta          DP delta (default 1e-5, used with --target-epsilon)
   --runtime-port   this SuperNode's local runtime API port (default 9094; one per SuperNode)
@@ -40,12 +44,12 @@ the SuperNode's node config; they never come from the coordinator.
   --trusted-entities  only run app bundles signed by these keys (see docs/deployment.md)
 
 Node config keys: site, data-format, data-root, tasks, device, state-dir, and optionally
-target-epsilon, delta.
+cache-dir, skip-bad, target-epsilon, delta.
 USAGE
 }
 
 SUPERLINK=""; CA=""; KEY=""; SITE=""; FORMAT=""; DATA_ROOT=""; TASKS=""
-DEVICE="auto"; STATE_DIR=""; EPSILON=""; DELTA=""; RUNTIME_PORT=9094
+DEVICE="auto"; STATE_DIR=""; CACHE_DIR=""; SKIP_BAD=""; EPSILON=""; DELTA=""; RUNTIME_PORT=9094
 HEALTH="127.0.0.1:9095"; HOME_ARG="site-home"; MAX_WAIT=""; TRUSTED=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -58,6 +62,8 @@ while [[ $# -gt 0 ]]; do
         --tasks) TASKS="${2:?--tasks needs task names}"; shift 2 ;;
         --device) DEVICE="${2:?--device needs a value}"; shift 2 ;;
         --state-dir) STATE_DIR="${2:?--state-dir needs a folder}"; shift 2 ;;
+        --cache-dir) CACHE_DIR="${2:?--cache-dir needs a folder}"; shift 2 ;;
+        --skip-bad) SKIP_BAD="true"; shift ;;
         --target-epsilon) EPSILON="${2:?--target-epsilon needs a number}"; shift 2 ;;
         --delta) DELTA="${2:?--delta needs a number}"; shift 2 ;;
         --runtime-port) RUNTIME_PORT="${2:?--runtime-port needs a number}"; shift 2 ;;
@@ -83,7 +89,8 @@ esac
 [[ "${TASKS}" =~ ^[A-Za-z0-9_-]+(,[A-Za-z0-9_-]+)*$ ]] \
     || die "--tasks '${TASKS}' must be comma-separated task names, e.g. lesion,diagnosis"
 [[ "${RUNTIME_PORT}" =~ ^[0-9]+$ ]] || die "--runtime-port must be a number"
-[[ -d "${DATA_ROOT}" ]] || die "--data-root ${DATA_ROOT} is not a folder"
+[[ -d "${DATA_ROOT}" || ( "${FORMAT}" == manifest && -f "${DATA_ROOT}" ) ]] \
+    || die "--data-root ${DATA_ROOT} is not a folder (nor, for a manifest, a CSV file)"
 
 # The CA certificate must be a certificate, the key an ECDSA private key only we can read.
 require_file "${CA}" "CA certificate"
@@ -102,12 +109,20 @@ PUBLIC="$(ssh-keygen -y -P "" -f "${KEY}" 2>/dev/null)" \
 
 HOME_DIR="$(absolute "${HOME_ARG}")"
 STATE_DIR="$(absolute "${STATE_DIR:-${HOME_DIR}/state}")"
-DATA_ROOT="$(cd "${DATA_ROOT}" && pwd)"
+if [[ -d "${DATA_ROOT}" ]]; then
+    DATA_ROOT="$(cd "${DATA_ROOT}" && pwd)"
+else
+    DATA_ROOT="$(cd "$(dirname "${DATA_ROOT}")" && pwd)/$(basename "${DATA_ROOT}")"
+fi
 mkdir -p "${HOME_DIR}" "${STATE_DIR}"
 chmod 700 "${HOME_DIR}" "${STATE_DIR}"
 
 NODE_CONFIG="site=\"${SITE}\" data-format=\"${FORMAT}\" data-root=\"${DATA_ROOT}\""
 NODE_CONFIG+=" tasks=\"${TASKS}\" device=\"${DEVICE}\" state-dir=\"${STATE_DIR}\""
+if [[ -n "${CACHE_DIR}" ]]; then
+    NODE_CONFIG+=" cache-dir=\"$(absolute "${CACHE_DIR}")\""
+fi
+[[ -z "${SKIP_BAD}" ]] || NODE_CONFIG+=" skip-bad=true"
 if [[ -n "${EPSILON}" ]]; then
     NODE_CONFIG+=" target-epsilon=${EPSILON} delta=${DELTA:-1.0e-5}"
 fi

@@ -243,6 +243,8 @@ def test_node_config_of_a_hospital(fed, tmp_path):
         ({"state-dir": "state"}, r"state-dir 'state' must be an absolute path"),
         ({"target-epsilon": "abc"}, r"target-epsilon must be a number, got 'abc'"),
         ({"delta": 1e-6}, r"\['delta'\] need target-epsilon"),
+        ({"cache-dir": "cache"}, r"cache-dir 'cache' must be an absolute path"),
+        ({"skip-bad": "maybe"}, r"skip-bad must be true or false, got 'maybe'"),
     ],
 )
 def test_a_node_config_value_that_cannot_work_is_named(fed, tmp_path, change, message):
@@ -265,6 +267,32 @@ def test_a_hospital_of_another_data_format_splits_by_its_own_groups(fed, tmp_pat
     other = site_from_node_config(node, by_lesion)
     assert other.data.split.by is None
     assert other.data.split.test == fed.data.split.test
+
+
+def test_a_hospital_keeps_its_own_cache_and_bad_case_policy(fed, tmp_path):
+    node = hospital_node("lesion", tmp_path, tmp_path / "s")
+    plain = site_from_node_config(node, fed)
+    assert plain.data.cache_dir is None and plain.data.skip_bad is False
+    own = node | {"cache-dir": str(tmp_path / "cache"), "skip-bad": "true"}
+    site = site_from_node_config(own, fed)
+    assert site.data.cache_dir == tmp_path / "cache" and site.data.skip_bad is True
+    assert site_from_node_config(node | {"skip-bad": False}, fed).data.skip_bad is False
+
+
+def test_a_hospital_of_the_coordinators_format_takes_its_laterality(fed, tmp_path):
+    from ctan.config import LateralityConfig
+
+    manifest = fed.model_copy(
+        update={
+            "data": fed.data.model_copy(
+                update={"format": "manifest", "laterality": LateralityConfig(axis=1)}
+            )
+        }
+    )
+    node = hospital_node("lesion", tmp_path, tmp_path / "s")
+    same = site_from_node_config(node | {"data-format": "manifest"}, manifest)
+    assert same.data.laterality == LateralityConfig(axis=1)
+    assert site_from_node_config(node, manifest).data.laterality is None
 
 
 def test_run_config_overrides(tmp_path):

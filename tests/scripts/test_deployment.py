@@ -353,7 +353,8 @@ def test_federated_run_over_tls_completes_and_a_lost_quorum_fails(federation) ->
         key = federation.make_key(name)
         nodes.append(federation.register(key))
         data = local.phantom_site_root("ham10000", federation.work / f"data-{name}", 20, seed)
-        federation.join(name, *federation.join_args(name, key, "ham10000", data, tasks))
+        own = ["--cache-dir", str(federation.work / "cache-b"), "--skip-bad"] if name == "b" else []
+        federation.join(name, *federation.join_args(name, key, "ham10000", data, tasks), *own)
     federation.wait_online(nodes)
 
     app, config = local.stage_app(
@@ -371,6 +372,7 @@ def test_federated_run_over_tls_completes_and_a_lost_quorum_fails(federation) ->
     assert (run / "report.md").is_file() and (run / "global_model.pt").is_file()
     payloads = (federation.state_dir("b") / "tls-test" / "b" / "payloads.jsonl").read_text()
     assert '"groups": ["encoder", "task.lesion"]' in payloads
+    assert any((federation.work / "cache-b").rglob("*.npy")), "site b's own cache folder unused"
 
     app, config = local.stage_app(
         federation.work / "app-quorum",
