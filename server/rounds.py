@@ -278,6 +278,8 @@ def _site_of(
 ) -> tuple[SiteInfo, str | None]:
     """A node's answer to the query as a site, and why it is refused (``None``: admitted)."""
     site = reply.content.config_records["site"]
+    if not isinstance(site["tasks"], list):
+        raise TypeError(f"tasks must be a list of task names, got {site['tasks']!r}")
     counts = reply.content.metric_records.get("counts", {})
     labelled = {
         k.removeprefix("labelled."): int(v) for k, v in counts.items() if k.startswith("labelled.")

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 from factories import derm_config
-from flwr.app import Context, Error, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from client.client_app import app
@@ -162,16 +162,20 @@ def test_a_second_node_with_a_taken_site_name_or_a_malformed_answer_is_refused(
         def send_and_receive(self, messages: Iterable[Message], timeout: float) -> list[Message]:
             messages = list(messages)
             broken = [m for m in messages if m.metadata.dst_node_id == 9]
-            rest = [m for m in messages if m.metadata.dst_node_id != 9]
+            spelt = [m for m in messages if m.metadata.dst_node_id == 8]
+            rest = [m for m in messages if m.metadata.dst_node_id not in {8, 9}]
             empty = [Message(RecordDict(), reply_to=m) for m in broken]
-            return super().send_and_receive(rest, timeout) + empty
+            one_string = RecordDict({"site": ConfigRecord({"site": "d", "tasks": "lesion"})})
+            string = [Message(one_string, reply_to=m) for m in spelt]
+            return super().send_and_receive(rest, timeout) + empty + string
 
     grid = WithABrokenNode({1: (0, server), 2: (0, server)}, tmp_path / "state")
     with caplog.at_level(logging.ERROR, logger="server.rounds"):
-        admitted, refused = admit_sites(grid, load_config(server), [1, 2, 9])
+        admitted, refused = admit_sites(grid, load_config(server), [1, 2, 8, 9])
     assert [(s.node_id, s.name) for s in admitted] == [(1, "a")]
     assert "another node already joined as site 'a'" in refused[2]
     assert refused[9].startswith("its answer to the query is malformed (KeyError")
+    assert "tasks must be a list of task names, got 'lesion'" in refused[8]
     assert "node 9 refused" in caplog.text
 
 
