@@ -176,9 +176,10 @@ def require_same_settings(saved: Mapping[str, Any], config: Config, path: Path) 
 
 
 def gather_sites(grid: Grid, config: Config) -> tuple[list[SiteInfo], dict[int, str]]:
-    """The sites a run starts with: nodes are queried as they connect until
-    ``federation.min_sites`` are admitted, for at most ``federation.round_timeout`` seconds. A
-    refused node does not end the wait: a valid site may still connect.
+    """The sites a run starts with: once enough nodes are connected to make up
+    ``federation.min_sites`` with the sites admitted so far, the new ones are queried, until
+    ``min_sites`` are admitted, for at most ``federation.round_timeout`` seconds. A refused node
+    does not end the wait: a valid site may still connect.
 
     The admitted sites come in site-name order, whatever order the replies arrived in, so the
     console, the report and the model card list them alike from run to run. A site refused for
@@ -199,7 +200,7 @@ def gather_sites(grid: Grid, config: Config) -> tuple[list[SiteInfo], dict[int, 
     while True:
         connected = set(grid.get_node_ids())
         fresh = sorted(connected - asked)
-        if fresh:
+        if fresh and len(sites) + len(fresh) >= federation.min_sites:
             admitted, turned_away = admit_sites(grid, config, fresh, [s.name for s in sites])
             sites = sorted([*sites, *admitted], key=lambda site: site.name)
             refused |= turned_away
@@ -208,9 +209,9 @@ def gather_sites(grid: Grid, config: Config) -> tuple[list[SiteInfo], dict[int, 
             return sites, refused
         if time.monotonic() >= deadline:
             raise FederationError(
-                f"{len(sites)} sites admitted within {federation.round_timeout:.0f} s "
-                f"(federation.round_timeout), federation.min_sites is {federation.min_sites}; "
-                f"{len(connected)} nodes connected; refused: {refused or 'none'}"
+                f"only {len(connected)} sites connected and {len(sites)} admitted within "
+                f"{federation.round_timeout:.0f} s (federation.round_timeout); "
+                f"federation.min_sites is {federation.min_sites}; refused: {refused or 'none'}"
             )
         time.sleep(1.0)
 
