@@ -528,6 +528,12 @@ def run_federation(grid: Grid, config: Config, resume: bool = False) -> Federati
         f"[bold]federation {federation.id}[/bold]: {len(sites)} sites "
         + ", ".join(f"{s.name} {s.tasks}" for s in sites)
     )
+    absent = sorted({s.name for s in federation.sites} - {s.name for s in sites})
+    if absent:
+        console.print(
+            f"[yellow]federation.sites lists {absent}, which did not join; the run goes on "
+            f"without them (a simulation needs num-supernodes {len(federation.sites)})[/yellow]"
+        )
     log = RunLog(folder, tensorboard=True, keep_until=first - 1 if resume else None)
     try:
         for server_round in range(first, federation.rounds + 1):

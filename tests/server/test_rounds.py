@@ -369,3 +369,19 @@ def test_a_site_gone_between_rounds_ends_the_run_naming_it(ham_phantom: Path, tm
         r"connected: \['c'\]; federation\.min_sites is 3 and federation\.round_timeout 1 s",
     ):
         run_federation(grid, load_config(server))
+
+
+def test_a_listed_site_that_does_not_join_is_named(
+    ham_phantom: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from server.rounds import run_federation
+
+    raw = yaml.safe_load(federation_yaml(ham_phantom, tmp_path, "server", min_sites=2).read_text())
+    raw["federation"]["rounds"] = 1
+    server = tmp_path / "two.yaml"
+    server.write_text(yaml.safe_dump(raw))
+    grid = InProcessGrid({1: (0, server), 2: (1, server)}, tmp_path / "state")
+    run_federation(grid, load_config(server))
+    out = " ".join(capsys.readouterr().out.split())
+    assert "federation.sites lists ['c'], which did not join" in out
+    assert "(a simulation needs num-supernodes 3)" in out
