@@ -124,12 +124,18 @@ def test_a_new_run_does_not_restore_the_states_of_an_earlier_longer_run(fed, tmp
     ]
 
 
-def test_a_site_first_training_late_in_a_new_run_restores_nothing_of_an_earlier_run(fed, tmp_path):
-    site = runner(fed, 0, tmp_path)
+def two_rounds_of_run_a(fed, tmp: Path) -> tuple[SiteRunner, dict[str, np.ndarray]]:
+    """A site that trained and evaluated rounds 1 and 2 of run ``run-a``; the arrays sent."""
+    site = runner(fed, 0, tmp)
     arrays = travelling(fed)
     for round_ in (1, 2):
         site.train_round(round_, arrays, run="run-a")
     site.evaluate_round(2, arrays, run="run-a")
+    return site, arrays
+
+
+def test_a_site_first_training_late_in_a_new_run_restores_nothing_of_an_earlier_run(fed, tmp_path):
+    site, arrays = two_rounds_of_run_a(fed, tmp_path)
     assert (site.folder / "best.pt").is_file()
     site.evaluate_round(2, arrays, run="run-a")
     assert sorted(p.name for p in site.folder.glob("round-*.pt")) == [
@@ -148,11 +154,7 @@ def test_a_site_first_training_late_in_a_new_run_restores_nothing_of_an_earlier_
 
 
 def test_a_run_resumed_after_a_new_run_was_started_finds_its_states(fed, tmp_path):
-    site = runner(fed, 0, tmp_path)
-    arrays = travelling(fed)
-    for round_ in (1, 2):
-        site.train_round(round_, arrays, run="run-a")
-    site.evaluate_round(2, arrays, run="run-a")
+    site, arrays = two_rounds_of_run_a(fed, tmp_path)
     kept = (site.folder / "round-0002.pt").read_bytes()
     site.train_round(1, arrays, run="run-b")
     assert [p.name for p in site.folder.glob("round-*.pt")] == ["round-0001.pt"]
