@@ -45,6 +45,15 @@ while [[ $# -gt 0 ]]; do
         *) die "unknown argument '$1': SANs look like DNS:name or IP:address (see --help)" ;;
     esac
 done
+for san in "${SANS[@]}"; do
+    value="${san#*:}"
+    case "${san}" in
+        DNS:*) [[ "${value}" =~ ^[A-Za-z0-9*]([A-Za-z0-9.-]*[A-Za-z0-9])?$ ]] \
+            || die "'${san}' is not a DNS name (letters, digits, '.' and '-')" ;;
+        IP:*) [[ "${value}" =~ ^([0-9]{1,3}\.){3}[0-9]{1,3}$ || "${value}" =~ ^[0-9A-Fa-f:]*:[0-9A-Fa-f:]*$ ]] \
+            || die "'${san}' is not an IP address (a name goes as DNS:${value})" ;;
+    esac
+done
 [[ "${DAYS}" =~ ^[1-9][0-9]*$ ]] || die "--days must be a positive integer, got '${DAYS}'"
 [[ "${CA_DAYS}" =~ ^[1-9][0-9]*$ ]] || die "--ca-days must be a positive integer, got '${CA_DAYS}'"
 ((FORCE + SERVER_ONLY < 2)) || die "--force makes a new CA and --server-only keeps it: give one"
@@ -65,30 +74,40 @@ fi
 
 SAN_LIST="$(IFS=,; echo "${SANS[*]}")"
 umask 077
+# Every new file is made beside the old ones and moved into place only once the SuperLink
+# certificate is signed, so a failure (a name openssl refuses, a ca.key that does not match
+# ca.crt) leaves the folder as it was: the CA is never replaced by one that signed nothing.
+CA_KEY="${OUT}/ca.key"
+CA_CRT="${OUT}/ca.crt"
+NEW_KEY="${OUT}/.server.key.new"
+NEW_PEM="${OUT}/.server.pem.new"
+trap 'rm -f "${NEW_KEY}" "${NEW_PEM}" "${OUT}/.ca.key.new" "${OUT}/.ca.crt.new" "${OUT}/server.csr" "${OUT}/.ca.srl"' EXIT
 if [[ "${SERVER_ONLY}" -eq 0 ]]; then
-    openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:P-384 -nodes -sha384 \
+    CA_KEY="${OUT}/.ca.key.new"
+    CA_CRT="${OUT}/.ca.crt.new"
+    MADE="$(openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:P-384 -nodes -sha384 \
         -days "${CA_DAYS}" -subj "/CN=fedctan federation CA" \
         -addext "basicConstraints=critical,CA:TRUE" \
         -addext "keyUsage=critical,keyCertSign,cRLSign" \
-        -keyout "${OUT}/ca.key" -out "${OUT}/ca.crt" 2>/dev/null
+        -keyout "${CA_KEY}" -out "${CA_CRT}" 2>&1)" \
+        || die "openssl could not make the CA; the files in ${OUT} are unchanged: ${MADE}"
 fi
-# The SuperLink's key and certificate are made beside the old ones and moved into place only
-# once both exist, so a failure (say, a ca.key that does not match ca.crt) leaves a working pair.
-NEW_KEY="${OUT}/.server.key.new"
-NEW_PEM="${OUT}/.server.pem.new"
-trap 'rm -f "${NEW_KEY}" "${NEW_PEM}" "${OUT}/server.csr" "${OUT}/ca.srl"' EXIT
 openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-384 -nodes -sha384 \
     -subj "/CN=fedctan superlink" -keyout "${NEW_KEY}" -out "${OUT}/server.csr" 2>/dev/null \
     || die "openssl could not make the SuperLink key"
-SIGNED="$(openssl x509 -req -in "${OUT}/server.csr" -CA "${OUT}/ca.crt" -CAkey "${OUT}/ca.key" \
-    -CAcreateserial -days "${DAYS}" -sha384 -out "${NEW_PEM}" \
+SIGNED="$(openssl x509 -req -in "${OUT}/server.csr" -CA "${CA_CRT}" -CAkey "${CA_KEY}" \
+    -CAserial "${OUT}/.ca.srl" -CAcreateserial -days "${DAYS}" -sha384 -out "${NEW_PEM}" \
     -extfile <(printf 'subjectAltName=%s\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n' "${SAN_LIST}") \
-    2>&1)" || die "signing the SuperLink certificate with ${OUT}/ca.key failed (is it the key" \
-        "of ${OUT}/ca.crt?); the files in ${OUT} are unchanged: ${SIGNED}"
+    2>&1)" || die "signing the SuperLink certificate with ${CA_KEY} failed; the files in" \
+        "${OUT} are unchanged. openssl said: ${SIGNED}"
+if [[ "${SERVER_ONLY}" -eq 0 ]]; then
+    chmod 644 "${CA_CRT}"
+    mv "${CA_KEY}" "${OUT}/ca.key"
+    mv "${CA_CRT}" "${OUT}/ca.crt"
+fi
+chmod 644 "${NEW_PEM}"
 mv "${NEW_KEY}" "${OUT}/server.key"
 mv "${NEW_PEM}" "${OUT}/server.pem"
-chmod 600 "${OUT}/ca.key" "${OUT}/server.key"
-chmod 644 "${OUT}/ca.crt" "${OUT}/server.pem"
 if [[ "${SERVER_ONLY}" -eq 1 ]]; then
     echo "CA unchanged: ${OUT}/ca.crt (hospitals keep theirs); restart the SuperLink to use the new certificate"
 else

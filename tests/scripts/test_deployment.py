@@ -199,6 +199,13 @@ def test_certificates_cover_extra_names(tmp_path: Path) -> None:
     assert {name: (out / name).read_bytes() for name in pair} == pair
     assert sorted(p.name for p in out.iterdir()) == ["ca.crt", "ca.key", "server.key", "server.pem"]
 
+    before = {p.name: p.read_bytes() for p in other.iterdir()}
+    typo = run_script(
+        "make_certificates.sh", "--out", str(other), "--force", "IP:fl.example.org", cwd=tmp_path
+    )
+    assert typo.returncode != 0 and "a name goes as DNS:fl.example.org" in typo.stderr
+    assert {p.name: p.read_bytes() for p in other.iterdir()} == before
+
 
 @NEEDS_TOOLS
 def test_join_refuses_open_or_wrong_private_keys(tmp_path: Path) -> None:
