@@ -154,3 +154,13 @@ check_superlink_certificate() {
                 "$(grep -m1 -i 'error' <<<"${output}" || echo "${output}" | tail -n 1)" ;;
     esac
 }
+
+# True if PID file $1 names a running flower-superlink (not a stale file from before a reboot,
+# whose PID another process may hold now).
+superlink_running() {
+    local pid
+    [[ -f "$1" ]] || return 1
+    pid="$(cat "$1")"
+    [[ "${pid}" =~ ^[0-9]+$ ]] && kill -0 "${pid}" 2>/dev/null \
+        && tr '\0' ' ' <"/proc/${pid}/cmdline" 2>/dev/null | grep -q "flower-superlink"
+}

@@ -57,8 +57,12 @@ flower_offline_env
 flower_on_path flower-superlink
 SUPERLINK="${FLOWER_CMD}"
 
-if [[ -f "${PID_FILE}" ]] && kill -0 "$(cat "${PID_FILE}")" 2>/dev/null; then
+if superlink_running "${PID_FILE}"; then
     die "a SuperLink from ${HOME_DIR} is already running (PID $(cat "${PID_FILE}")); stop it first"
+fi
+if [[ -f "${PID_FILE}" ]]; then
+    echo "removing ${PID_FILE}: its PID $(cat "${PID_FILE}") is no SuperLink (left from before a restart)"
+    rm -f "${PID_FILE}"
 fi
 mkdir -p "${SUPERLINK_HOME}" "${CLI_HOME}" "${LOG_DIR}"
 chmod 700 "${HOME_DIR}"

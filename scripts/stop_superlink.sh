@@ -25,17 +25,16 @@ while [[ $# -gt 0 ]]; do
         *) die "unknown argument '$1' (see --help)" ;;
     esac
 done
+[[ "${TIMEOUT}" =~ ^[1-9][0-9]*$ ]] || die "--timeout must be a whole number of seconds, got '${TIMEOUT}'"
 coordinator_paths "${HOME_ARG}"
 require_file "${PID_FILE}" "PID file"
 PID="$(cat "${PID_FILE}")"
 [[ "${PID}" =~ ^[0-9]+$ ]] || die "${PID_FILE} does not hold a PID"
-if ! kill -0 "${PID}" 2>/dev/null; then
+if ! superlink_running "${PID_FILE}"; then
     rm -f "${PID_FILE}"
-    echo "SuperLink (PID ${PID}) was not running; removed ${PID_FILE}"
+    echo "no SuperLink runs as PID ${PID} (stopped, or a file from before a restart); removed ${PID_FILE}"
     exit 0
 fi
-tr '\0' ' ' <"/proc/${PID}/cmdline" | grep -q "flower-superlink" \
-    || die "PID ${PID} from ${PID_FILE} is not a flower-superlink; not stopping it"
 mapfile -t HELPERS < <(flower_helpers_of "${PID}")
 PROCESS_GROUPS=("${PID}" "${HELPERS[@]}")
 

@@ -573,3 +573,21 @@ def test_sigterm_takes_the_whole_local_federation_down(tmp_path: Path) -> None:
         stop_process(process)
         for leftover in processes_naming(str(work)):
             stop_group(leftover)
+
+
+def test_a_stale_superlink_pid_file_is_removed_not_obeyed(tmp_path: Path) -> None:
+    home = tmp_path / "coordinator"
+    home.mkdir()
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        (home / "superlink.pid").write_text(f"{bystander.pid}\n")
+        stop = ["stop_superlink.sh", "--home", str(home)]
+        late = run_script(*stop, "--timeout", "20s", cwd=tmp_path)
+        assert late.returncode != 0 and "--timeout must be a whole number" in late.stderr
+        stopped = run_script(*stop, cwd=tmp_path)
+        assert stopped.returncode == 0, stopped.stderr
+        assert f"no SuperLink runs as PID {bystander.pid}" in stopped.stdout
+        assert not (home / "superlink.pid").exists() and bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
