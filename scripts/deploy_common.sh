@@ -14,7 +14,11 @@ warn() {
 flower_bin() {
     local name="$1"
     if [[ -n "${FLWR_BIN:-}" ]]; then
-        echo "${FLWR_BIN}/${name}"
+        local path
+        path="$(absolute "${FLWR_BIN}")/${name}"
+        [[ -x "${path}" ]] || die "${path} is not an executable; FLWR_BIN=${FLWR_BIN} must be" \
+            "the folder of the Flower commands"
+        echo "${path}"
     elif [[ -x "${VIRTUAL_ENV:-/nonexistent}/bin/${name}" ]]; then
         echo "${VIRTUAL_ENV}/bin/${name}"
     elif command -v "${name}" >/dev/null 2>&1; then
@@ -163,4 +167,12 @@ superlink_running() {
     pid="$(cat "$1")"
     [[ "${pid}" =~ ^[0-9]+$ ]] && kill -0 "${pid}" 2>/dev/null \
         && tr '\0' ' ' <"/proc/${pid}/cmdline" 2>/dev/null | grep -q "flower-superlink"
+}
+
+# The coordinator's flwr command in $FLWR (not a $(...) at each call: a failure there would
+# not stop the script), after checking that --home holds the SuperLink connection.
+coordinator_cli() {
+    FLWR="$(flower_bin flwr)"
+    [[ -f "${CLI_HOME}/config.toml" ]] || die "no SuperLink connection in ${CLI_HOME}: give the" \
+        "--home that start_superlink.sh was given"
 }

@@ -28,12 +28,13 @@ while [[ $# -gt 0 ]]; do
 done
 coordinator_paths "${HOME_ARG}"
 flower_offline_env
+coordinator_cli
 if [[ ${#FORMAT[@]} -eq 0 ]]; then
-    FLWR_HOME="${CLI_HOME}" "$(flower_bin flwr)" supernode list "${CONNECTION}"
+    FLWR_HOME="${CLI_HOME}" "${FLWR}" supernode list "${CONNECTION}"
     exit
 fi
 # With --format json, flwr prints {"success": false, ...} and exits 0 when it fails.
-LISTED="$(FLWR_HOME="${CLI_HOME}" "$(flower_bin flwr)" supernode list "${FORMAT[@]}" "${CONNECTION}")" \
+LISTED="$(FLWR_HOME="${CLI_HOME}" "${FLWR}" supernode list "${FORMAT[@]}" "${CONNECTION}")" \
     || { echo "${LISTED:-}"; die "flwr supernode list failed"; }
 echo "${LISTED}"
 python3 -c 'import json, sys; sys.exit(0 if json.loads(sys.argv[1]).get("success", True) else 1)' \

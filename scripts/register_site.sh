@@ -31,9 +31,11 @@ while [[ $# -gt 0 ]]; do
 done
 [[ -n "${KEY}" ]] || die "give the hospital's public key file (see --help)"
 require_file "${KEY}" "public key"
+! grep -q "PRIVATE KEY" "${KEY}" || die "${KEY} is a PRIVATE key, which must never leave the" \
+    "site: ask the site to make a new pair (make_site_key.sh --force) and send node.pub only"
 grep -q "^ecdsa-sha2-nistp" "${KEY}" \
     || die "${KEY} is not an OpenSSH ECDSA public key; the site makes it with make_site_key.sh"
-grep -q "PRIVATE KEY" "${KEY}" && die "${KEY} is a PRIVATE key: ask the site for node.pub only"
 coordinator_paths "${HOME_ARG}"
 flower_offline_env
-FLWR_HOME="${CLI_HOME}" "$(flower_bin flwr)" supernode register "${NAME[@]}" "${KEY}" "${CONNECTION}"
+coordinator_cli
+FLWR_HOME="${CLI_HOME}" "${FLWR}" supernode register "${NAME[@]}" "${KEY}" "${CONNECTION}"

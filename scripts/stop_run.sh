@@ -28,4 +28,5 @@ done
 [[ "${RUN_ID}" =~ ^[0-9]+$ ]] || die "give the numeric run id (see --help)"
 coordinator_paths "${HOME_ARG}"
 flower_offline_env
-FLWR_HOME="${CLI_HOME}" "$(flower_bin flwr)" stop "${RUN_ID}" "${CONNECTION}"
+coordinator_cli
+FLWR_HOME="${CLI_HOME}" "${FLWR}" stop "${RUN_ID}" "${CONNECTION}"

@@ -591,3 +591,18 @@ def test_a_stale_superlink_pid_file_is_removed_not_obeyed(tmp_path: Path) -> Non
     finally:
         bystander.kill()
         bystander.wait()
+
+
+@NEEDS_TOOLS
+def test_coordinator_commands_name_a_wrong_home_or_a_private_key(tmp_path: Path) -> None:
+    typo = str(tmp_path / "typo")
+    for script, *args in (("list_sites.sh",), ("stop_run.sh", "5")):
+        refused = run_script(script, "--home", typo, *args, cwd=tmp_path)
+        assert refused.returncode != 0
+        assert "give the --home that start_superlink.sh was given" in refused.stderr
+    assert not (tmp_path / "typo").exists()
+    made = run_script("make_site_key.sh", "--out", str(tmp_path / "key"), cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    key = str(tmp_path / "key" / "node")
+    leaked = run_script("register_site.sh", "--home", typo, key, cwd=tmp_path)
+    assert leaked.returncode != 0 and "is a PRIVATE key, which must never leave" in leaked.stderr
