@@ -89,13 +89,26 @@ esac
 [[ "${TASKS}" =~ ^[A-Za-z0-9_-]+(,[A-Za-z0-9_-]+)*$ ]] \
     || die "--tasks '${TASKS}' must be comma-separated task names, e.g. lesion,diagnosis"
 [[ "${RUNTIME_PORT}" =~ ^[0-9]+$ ]] || die "--runtime-port must be a number"
+NUMBER='^[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?$'
+[[ -z "${EPSILON}" || "${EPSILON}" =~ ${NUMBER} ]] \
+    || die "--target-epsilon must be a number like 8 or 2.5, got '${EPSILON}'"
+[[ -z "${DELTA}" || "${DELTA}" =~ ${NUMBER} ]] \
+    || die "--delta must be a number like 1e-5 or 0.00001, got '${DELTA}'"
+[[ -z "${DELTA}" || -n "${EPSILON}" ]] || die "--delta needs --target-epsilon, the budget it refines"
+for pair in "data-root:${DATA_ROOT}" "state-dir:${STATE_DIR}" "cache-dir:${CACHE_DIR}"; do
+    [[ "${pair#*:}" != *[\"\\]* ]] || die "--${pair%%:*} must not hold '\"' or '\\' (node config quoting)"
+done
 [[ -d "${DATA_ROOT}" || ( "${FORMAT}" == manifest && -f "${DATA_ROOT}" ) ]] \
     || die "--data-root ${DATA_ROOT} is not a folder (nor, for a manifest, a CSV file)"
 
 # The CA certificate must be a certificate, the key an ECDSA private key only we can read.
-require_file "${CA}" "CA certificate"
+for pair in "CA certificate:${CA}" "private key:${KEY}"; do
+    file="${pair#*:}"
+    require_file "${file}" "${pair%%:*}"
+    [[ -r "${file}" ]] || die "${file} cannot be read by $(id -un) (owner $(stat -c %U "${file}")):" \
+        "run the SuperNode as that user, or give $(id -un) its own copy (mode 600)"
+done
 openssl x509 -in "${CA}" -noout 2>/dev/null || die "--ca ${CA} is not a PEM certificate"
-require_file "${KEY}" "private key"
 MODE="$(stat -c '%a' "${KEY}")"
 (( (8#${MODE} & 8#077) == 0 )) \
     || die "private key ${KEY} has mode ${MODE}, readable by others; run: chmod 600 ${KEY}"

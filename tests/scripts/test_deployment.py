@@ -246,9 +246,17 @@ def test_join_refuses_open_or_wrong_private_keys(tmp_path: Path) -> None:
     assert result.returncode != 0 and "needs ECDSA" in result.stderr
 
     result = run_script(
-        "register_site.sh", "--home", str(tmp_path), str(tmp_path / "ed"), cwd=tmp_path
+        "register_site.sh", "--home", str(tmp_path), str(tmp_path / "ed.pub"), cwd=tmp_path
     )
     assert result.returncode != 0 and "not an OpenSSH ECDSA public key" in result.stderr
+    args[args.index(str(tmp_path / "ed"))] = str(key)
+    for flag, value, message in (
+        ("--target-epsilon", "abc", "--target-epsilon must be a number"),
+        ("--delta", "1e-6", "--delta needs --target-epsilon"),
+        ("--state-dir", str(tmp_path / 'say "hi"'), "must not hold"),
+    ):
+        result = run_script("join_federation.sh", *args, flag, value, cwd=tmp_path)
+        assert result.returncode != 0 and message in result.stderr, result.stderr
 
 
 @NEEDS_TOOLS
