@@ -23,7 +23,8 @@ CUDA wheels pull in nvidia-* wheels (several GB). Use --platform/--python-versio
 OS or Python differ from this machine (e.g. --platform manylinux2014_x86_64 --python-version 3.11).
 
   --dest DIR          output folder (default ./wheelhouse)
-  --python PY         interpreter whose installed versions are pinned (default python3)
+  --python PY         interpreter whose installed versions are pinned (default: the project's
+                      .venv/bin/python, which ./run made and tested, else python3)
   --torch-index URL   PyTorch wheel index for the site's hardware
   --platform TAG      target platform tag for pip download (binary wheels only)
   --python-version    target Python version, with --platform
@@ -33,6 +34,7 @@ USAGE
 
 DEST="wheelhouse"
 PY="python3"
+[[ ! -x "${REPO}/.venv/bin/python" ]] || PY="${REPO}/.venv/bin/python"
 TORCH_INDEX="https://download.pytorch.org/whl/cpu"
 PLATFORM=""
 PYVER=""
@@ -50,9 +52,13 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 [[ -z "${PLATFORM}" || -n "${PYVER}" ]] || die "--platform needs --python-version too"
+[[ -z "${PYVER}" || -n "${PLATFORM}" ]] \
+    || die "--python-version needs --platform too (e.g. manylinux2014_x86_64)"
+[[ -z "${PYVER}" || "${PYVER}" =~ ^3\.[0-9]+$ ]] || die "--python-version must be X.Y, got '${PYVER}'"
 command -v "${PY}" >/dev/null || die "interpreter ${PY} not found"
 
-LOCK="$("${PY}" "${HERE}/dependency_lock.py" --package fedctan --exclude torch)" \
+LOCK="$("${PY}" "${HERE}/dependency_lock.py" --package fedctan --exclude torch \
+    ${PYVER:+--python-version "${PYVER}"})" \
     || die "could not pin dependencies: install fedctan in ${PY}'s environment first"
 TORCH_VERSION="$("${PY}" -c 'import importlib.metadata as m; print(m.version("torch").split("+")[0])')"
 
@@ -76,7 +82,7 @@ if [[ "${DRY}" -eq 1 ]]; then
     printf '%q ' "${DEPS_CMD[@]}"; echo
     printf '%q ' "${TORCH_CMD[@]}"; echo
     printf '%q ' "${OWN_CMD[@]}"; echo
-    echo "# at the site: pip install --no-index --find-links ${DEST} fedctan"
+    echo "# at the site: pip install --no-index --find-links $(printf '%q' "${DEST}") fedctan"
     exit 0
 fi
 
@@ -86,4 +92,4 @@ echo "${LOCK}" >"${LOCK_FILE}"
 "${TORCH_CMD[@]}"
 "${OWN_CMD[@]}"
 echo "wheelhouse ready: ${DEST} ($(find "${DEST}" -name '*.whl' | wc -l) wheels)"
-echo "at the site: pip install --no-index --find-links ${DEST} fedctan"
+echo "at the site: pip install --no-index --find-links $(printf '%q' "${DEST}") fedctan"

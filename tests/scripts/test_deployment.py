@@ -332,6 +332,13 @@ def test_wheelhouse_dry_run_pins_installed_versions(tmp_path: Path) -> None:
     assert "pip install --no-index --find-links" in result.stdout
     assert not (tmp_path / "wh").exists()
 
+    older = ["--platform", "manylinux2014_x86_64", "--python-version", "3.10", "--dry-run"]
+    result = run_script("build_wheelhouse.sh", "--python", sys.executable, *older, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "\nexceptiongroup" in result.stdout, "anyio needs it below Python 3.11"
+    alone = run_script("build_wheelhouse.sh", "--python-version", "3.10", "--dry-run", cwd=tmp_path)
+    assert alone.returncode != 0 and "--python-version needs --platform" in alone.stderr
+
 
 def tls_config(federation: dict) -> dict:
     """A small federated experiment (the data root is each site's own, from its node config)."""
