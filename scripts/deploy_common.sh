@@ -119,6 +119,11 @@ coordinator_paths() {
 # Before a SuperNode starts (it retries quietly for ever), check what retrying cannot fix: the
 # certificate served at ADDRESS must chain to the CA file and cover the host part of ADDRESS.
 # An address nobody answers at only warns: the SuperLink may simply not be up yet.
+# HOST:PORT, an IPv6 host in brackets ([::1]:8000), as URLs and openssl take it.
+host_port() {
+    if [[ "$1" == *:* ]]; then echo "[$1]:$2"; else echo "$1:$2"; fi
+}
+
 check_superlink_certificate() {
     local address="$1" ca="$2" host port check output names
     host="${address%:*}"
@@ -137,9 +142,9 @@ check_superlink_certificate() {
     else
         check=(-verify_hostname "${host}" -servername "${host}")
     fi
-    output="$(timeout 20 openssl s_client -connect "${host}:${port}" -CAfile "${ca}" \
+    output="$(timeout 20 openssl s_client -connect "$(host_port "${host}" "${port}")" -CAfile "${ca}" \
         "${check[@]}" -verify_return_error -alpn h2 </dev/null 2>&1)" && return 0
-    names="$(timeout 20 openssl s_client -connect "${host}:${port}" </dev/null 2>/dev/null \
+    names="$(timeout 20 openssl s_client -connect "$(host_port "${host}" "${port}")" </dev/null 2>/dev/null \
         | openssl x509 -noout -ext subjectAltName 2>/dev/null | tail -n +2 | xargs)"
     case "${output}" in
         *"hostname mismatch"* | *"IP address mismatch"*)

@@ -111,7 +111,7 @@ cat >"${CLI_HOME}/config.toml" <<TOML
 default = "${CONNECTION}"
 
 [superlink.${CONNECTION}]
-address = "${CLI_ADDRESS}:${PORT}"
+address = "$(host_port "${CLI_ADDRESS}" "${PORT}")"
 ${TLS_LINE}
 TOML
 
