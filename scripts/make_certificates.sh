@@ -15,7 +15,7 @@ The certificate's subject alternative names always include DNS:localhost, IP:127
 IP:::1 (the SuperLink's own helpers dial a loopback address); add every name or address
 hospitals dial, e.g. DNS:fl.example-hospital.org IP:10.0.0.5.
 
-  --out DIR      output folder (created, mode 700)
+  --out DIR      output folder (created with mode 700 when missing; the keys are mode 600)
   --days N       validity of the SuperLink certificate in days (default 365)
   --ca-days N    validity of the CA in days (default 3650)
   --force        replace every file in DIR, the CA too: every hospital then needs the new ca.crt
@@ -59,8 +59,10 @@ done
 ((FORCE + SERVER_ONLY < 2)) || die "--force makes a new CA and --server-only keeps it: give one"
 command -v openssl >/dev/null || die "openssl is needed"
 
-mkdir -p "${OUT}"
-chmod 700 "${OUT}"
+if [[ ! -d "${OUT}" ]]; then
+    mkdir -p "${OUT}"
+    chmod 700 "${OUT}"
+fi
 if [[ "${SERVER_ONLY}" -eq 1 ]]; then
     for f in ca.key ca.crt; do
         require_file "${OUT}/${f}" "CA file (--server-only issues from the existing CA)"

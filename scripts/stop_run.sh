@@ -22,7 +22,7 @@ while [[ $# -gt 0 ]]; do
         --home) HOME_ARG="${2:?--home needs a folder}"; shift 2 ;;
         -h | --help) usage; exit 0 ;;
         -*) die "unknown option '$1' (see --help)" ;;
-        *) RUN_ID="$1"; shift ;;
+        *) [[ -z "${RUN_ID}" ]] || die "one run id at a time"; RUN_ID="$1"; shift ;;
     esac
 done
 [[ "${RUN_ID}" =~ ^[0-9]+$ ]] || die "give the numeric run id (see --help)"
