@@ -38,7 +38,8 @@ the SuperNode's node config; they never come from the coordinator.
   --target-epsilon the site's differential-privacy budget (default: no DP)
   --delta          DP delta (default 1e-5, used with --target-epsilon)
   --runtime-port   this SuperNode's local runtime API port (default 9094; one per SuperNode)
-  --health-address gRPC health service, no TLS (default 127.0.0.1:9095; "off" disables)
+  --health-address gRPC health service, no TLS (default 127.0.0.1:9095; "off" disables; one
+                   per SuperNode, like the runtime port)
   --home DIR       this SuperNode's FLWR_HOME (default ./site-home)
   --max-wait-time  give up after this many seconds without reaching the SuperLink
   --trusted-entities  only run app bundles signed by these keys (see docs/deployment.md)
@@ -148,6 +149,16 @@ ARGS=(--superlink "${SUPERLINK}" --root-certificates "$(absolute "${CA}")"
 if [[ -n "${TRUSTED}" ]]; then
     require_file "${TRUSTED}" "trusted entities file"
     ARGS+=(--trusted-entities "$(absolute "${TRUSTED}")")
+fi
+
+# A second SuperNode on this machine needs its own ports; Flower would stop on a busy one later.
+if (exec 3<>"/dev/tcp/127.0.0.1/${RUNTIME_PORT}") 2>/dev/null; then
+    die "something already listens on port ${RUNTIME_PORT} (another SuperNode?); give this one" \
+        "its own --runtime-port"
+fi
+if [[ "${HEALTH}" != "off" ]] && (exec 3<>"/dev/tcp/${HEALTH%:*}/${HEALTH##*:}") 2>/dev/null; then
+    die "something already listens on ${HEALTH} (another SuperNode's health service?); give this" \
+        "one its own --health-address, or --health-address off"
 fi
 
 check_superlink_certificate "${SUPERLINK}" "${CA}"

@@ -621,3 +621,25 @@ def test_coordinator_commands_name_a_wrong_home_or_a_private_key(tmp_path: Path)
     key = str(tmp_path / "key" / "node")
     leaked = run_script("register_site.sh", "--home", typo, key, cwd=tmp_path)
     assert leaked.returncode != 0 and "is a PRIVATE key, which must never leave" in leaked.stderr
+
+
+@NEEDS_TOOLS
+def test_join_stops_on_a_port_another_supernode_holds(tmp_path: Path) -> None:
+    assert run_script("make_certificates.sh", "--out", "certs", cwd=tmp_path).returncode == 0
+    assert run_script("make_site_key.sh", "--out", "key", cwd=tmp_path).returncode == 0
+    (tmp_path / "data").mkdir()
+    args = ["--superlink", "127.0.0.1:1", "--ca", "certs/ca.crt", "--key", "key/node"]
+    args += ["--site", "a", "--data-format", "ham10000", "--data-root", "data", "--tasks", "lesion"]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        runtime = run_script("join_federation.sh", *args, "--runtime-port", port, cwd=tmp_path)
+        health = run_script(
+            "join_federation.sh",
+            *args,
+            *("--runtime-port", str(free_port()), "--health-address", f"127.0.0.1:{port}"),
+            cwd=tmp_path,
+        )
+    assert runtime.returncode != 0 and "give this one its own --runtime-port" in runtime.stderr
+    assert health.returncode != 0 and "another SuperNode's health service" in health.stderr
