@@ -6,6 +6,7 @@ import json
 import math
 import statistics
 import subprocess
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -94,10 +95,7 @@ def revision_lines(runs: Sequence[Mapping[str, Any]], key: str) -> list[str]:
     for run in runs:
         revision = run.get("code") or ""
         seeds_of.setdefault(revision, {}).setdefault(run[key], []).append(run["seed"])
-    revisions_of_row: dict[str, int] = {}
-    for rows in seeds_of.values():
-        for row in rows:
-            revisions_of_row[row] = revisions_of_row.get(row, 0) + 1
+    revisions_of_row = Counter(row for rows in seeds_of.values() for row in rows)
     parts = []
     for revision, rows in seeds_of.items():
         names = ", ".join(

@@ -135,7 +135,8 @@ def load_state(path: Path) -> dict[str, Any]:
 
 def resume_settings(config: Config) -> dict[str, Any]:
     """What a resumed run must share with the run it continues to end where that run would
-    have: the seed, the local epochs and every aggregation setting (``rounds`` may change)."""
+    have, besides the seed (which the state keeps on its own): the local epochs and every
+    aggregation setting (``rounds`` may change)."""
     federation = config.federation.model_dump(
         mode="json",
         include={
@@ -148,7 +149,7 @@ def resume_settings(config: Config) -> dict[str, Any]:
             "heads",
         },
     )
-    return {"experiment.seed": config.experiment.seed} | {
+    return {
         f"federation.{key}": json.dumps(value, sort_keys=True) if isinstance(value, dict) else value
         for key, value in federation.items()
     }
@@ -161,8 +162,8 @@ def require_same_settings(saved: Mapping[str, Any], config: Config, path: Path) 
     Raises:
         FederationError: names each setting, its value then and now.
     """
-    current = resume_settings(config)
-    recorded = saved.get("settings") or {"experiment.seed": saved["seed"]}
+    current = {"experiment.seed": config.experiment.seed, **resume_settings(config)}
+    recorded = {"experiment.seed": saved["seed"], **(saved.get("settings") or {})}
     changed = [
         f"{key} {recorded[key]!r} -> {value!r}"
         for key, value in current.items()
