@@ -390,11 +390,39 @@ class SiteRunner:
         if unknown:
             raise ValueError(f"the server sent arrays this model does not have: {unknown[:3]}")
         if previous is not None:
+            self._require_fitting(previous, state)
             state.update(previous[1]["local"])
         for key, value in global_arrays.items():
             state[key] = torch.as_tensor(np.asarray(value)).to(state[key].dtype)
         model.load_state_dict(state)
         return model, previous[1] if previous is not None else None
+
+    def _require_fitting(
+        self, previous: tuple[int, dict[str, Any]], state: Mapping[str, torch.Tensor]
+    ) -> None:
+        """Refuse a saved state whose heads do not fit the model: the model config changed
+        since it was written (possible only on a resume, since a new run sets states aside).
+
+        Raises:
+            ValueError: names the state file and the first heads that differ.
+        """
+        saved = previous[1]["local"]
+        differences = [
+            f"{key} {'x'.join(map(str, value.shape))} saved, "
+            + (f"{'x'.join(map(str, state[key].shape))} now" if key in state else "absent now")
+            for key, value in saved.items()
+            if key not in state or state[key].shape != value.shape
+        ]
+        heads = {k for k in state if group_of(k).startswith("heads.")}
+        differences += [f"{key} not saved" for key in sorted(heads - saved.keys())]
+        if differences:
+            raise ValueError(
+                f"site state {self._state_path(previous[0])} was saved by a model with other "
+                f"heads ({'; '.join(differences[:3])}"
+                + (f"; {len(differences) - 3} more" if len(differences) > 3 else "")
+                + "): the model config changed since that round. Resume with the config the "
+                "run started with, or start a new run"
+            )
 
     def _join_run(self, run: str) -> None:
         """Start keeping state for federation run ``run`` (named by the server; a resume keeps

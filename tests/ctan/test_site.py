@@ -450,6 +450,18 @@ def test_a_site_whose_tasks_changed_trains_on_with_a_fresh_optimiser(
     )
 
 
+def test_a_site_state_of_other_heads_is_refused_naming_the_file(fed, tmp_path):
+    runner(fed, 0, tmp_path).train_round(1, travelling(fed))
+    raw = fed.model_dump(mode="json")
+    raw["model"]["head_hidden"] = 32
+    wider = load_config(raw)
+    with pytest.raises(ValueError) as refused:
+        runner(wider, 0, tmp_path).train_round(2, travelling(wider))
+    message = str(refused.value)
+    assert "round-0001.pt was saved by a model with other heads" in message
+    assert "128 saved, " in message and "the model config changed" in message
+
+
 def test_a_hospital_whose_data_changes_during_a_run_is_stopped(fed, ham_phantom, tmp_path):
     import shutil
 
