@@ -72,6 +72,11 @@ if ! is_loopback "${HOST}"; then
     warn "answers there too, without user authentication. Allow only coordinator and hospital"
     warn "addresses to that port, or keep --host 127.0.0.1 behind the proxy of docs/deployment.md."
 fi
+if [[ "${INSECURE}" -eq 0 && -f "${CERTS}/ca.key" ]]; then
+    warn "${CERTS}/ca.key, which signs certificates every hospital trusts, lies beside the"
+    warn "SuperLink's own key: whoever reads this host's TLS files can then impersonate the"
+    warn "SuperLink. Keep it offline; bring it back only to renew (make_certificates.sh --server-only)."
+fi
 if (exec 3<>"/dev/tcp/${CLI_ADDRESS}/${PORT}") 2>/dev/null; then
     die "something already listens on ${CLI_ADDRESS}:${PORT} (another SuperLink, from another" \
         "--home?); stop it or choose another --port"

@@ -273,6 +273,7 @@ def test_superlink_refuses_a_busy_port_and_warns_on_an_open_address(tmp_path: Pa
     assert result.returncode != 0
     assert f"something already listens on 127.0.0.1:{port}" in result.stderr
     assert "the control API" in result.stderr and "Allow only coordinator" in result.stderr
+    assert f"{certs}/ca.key, which signs certificates" in result.stderr
     assert not (tmp_path / "home" / "superlink.pid").exists()
 
 
