@@ -15,7 +15,9 @@ environment of PY (default: the python on PATH; the environment the project was 
 download those wheels, a torch wheel for the SITE's hardware, and a fedctan wheel into DIR.
 Copy DIR to the site and install there, with no index:
 
-    pip install --no-index --find-links wheelhouse fedctan
+    pip install --no-index --find-links wheelhouse -c wheelhouse/requirements-lock.txt fedctan
+
+(the lock as a constraint: wheels left in DIR by an earlier build are never picked).
 
 torch must be the wheel matching the site's hardware, not this machine's: pick the PyTorch
 index for it, e.g. https://download.pytorch.org/whl/cpu (default), .../whl/cu126, .../whl/rocm6.4.
@@ -82,7 +84,7 @@ if [[ "${DRY}" -eq 1 ]]; then
     printf '%q ' "${DEPS_CMD[@]}"; echo
     printf '%q ' "${TORCH_CMD[@]}"; echo
     printf '%q ' "${OWN_CMD[@]}"; echo
-    echo "# at the site: pip install --no-index --find-links $(printf '%q' "${DEST}") fedctan"
+    echo "# at the site: pip install --no-index --find-links $(printf '%q' "${DEST}") -c $(printf '%q' "${LOCK_FILE}") fedctan"
     exit 0
 fi
 
@@ -92,4 +94,4 @@ echo "${LOCK}" >"${LOCK_FILE}"
 "${TORCH_CMD[@]}"
 "${OWN_CMD[@]}"
 echo "wheelhouse ready: ${DEST} ($(find "${DEST}" -name '*.whl' | wc -l) wheels)"
-echo "at the site: pip install --no-index --find-links $(printf '%q' "${DEST}") fedctan"
+echo "at the site: pip install --no-index --find-links $(printf '%q' "${DEST}") -c $(printf '%q' "${LOCK_FILE}") fedctan"

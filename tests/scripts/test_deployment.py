@@ -331,6 +331,7 @@ def test_wheelhouse_dry_run_pins_installed_versions(tmp_path: Path) -> None:
     assert "\ntorch==" not in result.stdout.split("# commands:")[0]
     assert "torch==" in result.stdout and "--index-url" in result.stdout
     assert "pip install --no-index --find-links" in result.stdout
+    assert f"-c {tmp_path / 'wh'}/requirements-lock.txt fedctan" in result.stdout
     assert not (tmp_path / "wh").exists()
 
     older = ["--platform", "manylinux2014_x86_64", "--python-version", "3.10", "--dry-run"]
