@@ -8,11 +8,28 @@ encoder and bottleneck but its full text was not available to us.
 
 from __future__ import annotations
 
+import logging
+
 import torch
-from opacus.layers import DPMultiheadAttention
 from torch import Tensor, nn
 
 from ctan.models.layers import downsample, make_act, make_conv, make_norm
+
+
+def _opacus_attention() -> type[nn.Module]:
+    """Opacus's ``DPMultiheadAttention``, imported without the root logging handler Opacus
+    installs on import (``logging.basicConfig`` in ``opacus.utils.module_utils``): with it, every
+    library's debug records, Flower's included, reach the console of a site or a simulation."""
+    root = logging.getLogger()
+    before = list(root.handlers)
+    from opacus.layers import DPMultiheadAttention
+
+    for handler in [h for h in root.handlers if h not in before]:
+        root.removeHandler(handler)
+    return DPMultiheadAttention
+
+
+DPMultiheadAttention = _opacus_attention()
 
 
 class AttentionMask(nn.Module):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -91,3 +93,14 @@ def test_dp_sgd_step_on_a_site_holding_one_task(arch):
     for name, parameter in model.named_parameters():
         changed = not torch.equal(parameter.detach(), frozen_before[name])
         assert changed is parameter.requires_grad, name
+
+
+def test_importing_the_models_leaves_the_root_logger_alone():
+    """Opacus configures the root logger on import; left so, Flower's debug records would flood
+    every site's and simulation's console."""
+    probe = (
+        "import logging, ctan.models; from flwr.common.logger import log; "
+        "log(logging.DEBUG, 'hidden'); print(len(logging.getLogger().handlers))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "0" and "hidden" not in done.stderr
