@@ -53,8 +53,20 @@ class Checkpoint:
         return model.eval()
 
 
+def _process_umask() -> int:
+    """The umask, read once at import (setting and restoring it later could race threads)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+#: the mode a file written with ``open()`` gets; temporary files are created owner-only
+FILE_MODE = 0o666 & ~_process_umask()
+
+
 def atomic_write_bytes(path: Path, write: Any) -> Path:
-    """Call ``write(file)`` on a temporary file beside ``path``, then rename it into place."""
+    """Call ``write(file)`` on a temporary file beside ``path``, then rename it into place,
+    with the mode ``open()`` would have given it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -63,6 +75,7 @@ def atomic_write_bytes(path: Path, write: Any) -> Path:
             write(file)
             file.flush()
             os.fsync(file.fileno())
+        os.chmod(temporary, FILE_MODE)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -132,6 +145,10 @@ def load_checkpoint(path: Path, config: Config | None = None) -> Checkpoint:
             f"{__version__} cannot read; a checkpoint of a newer ctan needs that version or "
             f"later: {err}"
         ) from err
+    weights = payload.get("state_dict")
+    if not isinstance(weights, dict):
+        raise ValueError(f"checkpoint {str(path)!r} holds no model weights (no state_dict)")
+    _require_fitting_weights(path, saved, weights)
     if config is not None:
         problems = checkpoint_mismatch(saved, config)
         if problems:
@@ -140,12 +157,37 @@ def load_checkpoint(path: Path, config: Config | None = None) -> Checkpoint:
             )
     return Checkpoint(
         config=saved,
-        state_dict=payload["state_dict"],
+        state_dict=weights,
         metrics=payload.get("metrics", {}),
         extra=payload.get("extra", {}),
         code_version=payload.get("code_version", ""),
         created=payload.get("created", ""),
     )
+
+
+def _require_fitting_weights(path: Path, config: Config, weights: Mapping[str, Any]) -> None:
+    """Refuse weights that the model of the checkpoint's own config cannot take (a file edited
+    or assembled by hand, or written by a version whose model differed).
+
+    Raises:
+        ValueError: names the file and the first weights that differ.
+    """
+    from ctan.models import build_model
+
+    expected = build_model(config).state_dict()
+    problems = [f"{k} missing" for k in expected if k not in weights]
+    problems += [f"{k} unexpected" for k in weights if k not in expected]
+    problems += [
+        f"{k} {tuple(weights[k].shape)} instead of {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in weights and tuple(getattr(weights[k], "shape", ())) != tuple(v.shape)
+    ]
+    if problems:
+        more = f"; {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise ValueError(
+            f"checkpoint {str(path)!r} holds weights that do not fit the model of its own config "
+            f"({'; '.join(problems[:3])}{more})"
+        )
 
 
 def require_trained_heads(checkpoint: Checkpoint, path: Path) -> None:

@@ -51,9 +51,9 @@ def _run_train(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     if args.epochs is not None:
-        config = config.model_copy(
-            update={"train": config.train.model_copy(update={"epochs": args.epochs})}
-        )
+        raw = config.model_dump(mode="json")
+        raw["train"]["epochs"] = args.epochs
+        config = load_config(raw)
     result = train_centralised(config, folder=args.out, show_progress=not args.no_progress)
     print(f"run folder: {result.folder}")
     print(f"best checkpoint: {result.best_checkpoint}")
@@ -84,9 +84,10 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     from ctan.prediction import evaluate_checkpoint
+    from ctan.report import json_safe
 
     scores = evaluate_checkpoint(args.checkpoint, data_config=args.data, split=args.split)
-    print(json.dumps(scores, indent=2))
+    print(json.dumps(json_safe(scores), indent=2))
     return 0
 
 
@@ -126,7 +127,8 @@ def _register_predict(subparsers: argparse._SubParsersAction) -> None:
         help="run a checkpoint on new images",
         description=(
             "Run a checkpoint on an image file or a folder of images (PNG/JPEG, NIfTI, MHA) or, "
-            "for OpenKBP models, a provided-data folder or patient folder. Writes segmentation "
+            "for OpenKBP models, a folder of pt_N/ patient folders (or of train-pats/, "
+            "validation-pats/, test-pats/). Writes segmentation "
             "masks (PNG for 2D, NIfTI for 3D), dose in the OpenKBP submission CSV format and "
             "class probabilities in predictions.csv."
         ),
@@ -168,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.handler(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError) as err:
+    except (ValueError, OSError, KeyError) as err:
         if args.verbose:
             raise
         print(f"ctan {args.command}: error: {err}", file=sys.stderr)

@@ -80,7 +80,7 @@ class RunLog:
             if self._writer is not None and math.isfinite(value):
                 self._writer.add_scalar(f"{split}/{name}", value, step)
         record = {"step": step, "split": split, **context, **dict(scalars)}
-        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.write(json.dumps(json_safe(record)) + "\n")
         self._csv_file.flush()
         self._jsonl.flush()
 
@@ -89,6 +89,18 @@ class RunLog:
         self._jsonl.close()
         if self._writer is not None:
             self._writer.close()
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with non-finite floats as ``None`` (strict JSON has no NaN: an AUC over one
+    class is undefined, and a JSON reader other than Python's would refuse the file)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def _csv_step(row: list[str]) -> float:

@@ -39,6 +39,7 @@ from ctan.engine import (
 from ctan.losses import class_weights_from_cases, logit_adjustments_from_cases
 from ctan.models import build_model, parameter_groups, trainable_groups
 from ctan.models.groups import ENCODER_GROUP, group_of
+from ctan.report import json_safe
 from ctan.training import companions, validation_score
 
 logger = logging.getLogger(__name__)
@@ -374,7 +375,7 @@ class SiteRunner:
         }
         self.folder.mkdir(parents=True, exist_ok=True)
         with (self.folder / "payloads.jsonl").open("a") as log:
-            log.write(json.dumps(record) + "\n")
+            log.write(json.dumps(json_safe(record)) + "\n")
 
     # --- rounds -------------------------------------------------------------------------
 

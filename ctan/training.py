@@ -25,7 +25,7 @@ from ctan.engine import Evaluation, TaskTrainer, derive_seed, make_loader, seed_
 from ctan.losses import class_weights_from_cases, logit_adjustments_from_cases
 from ctan.models import build_model
 from ctan.prediction import evaluate_cases
-from ctan.report import RunLog, plot_learning_curves
+from ctan.report import RunLog, json_safe, plot_learning_curves
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +79,9 @@ def prepare_splits(config: Config) -> dict[str, list[Case]]:
     return split_cases(cases, config.data.split, seed)
 
 
+RUN_FILES = ("config.yaml", "metrics.csv", "metrics.jsonl", "best.pt", "last.pt")
+
+
 def new_run_folder(config: Config) -> Path:
     """``<output_dir>/<name>-<UTC time>``, unique."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
@@ -112,7 +115,8 @@ def train_centralised(
         tensorboard: write TensorBoard events.
 
     Raises:
-        ValueError: bad data (see :func:`prepare_splits`) or an empty validation split.
+        ValueError: bad data (see :func:`prepare_splits`), an empty validation split, or a
+            ``folder`` that holds a run already.
     """
     from ctan.data.dataset import CaseDataset
 
@@ -129,6 +133,12 @@ def train_centralised(
             "use data with labels or another split"
         )
     folder = Path(folder) if folder is not None else new_run_folder(config)
+    earlier = [n for n in RUN_FILES if (folder / n).exists()]
+    if earlier:
+        raise ValueError(
+            f"{folder} already holds a run ({', '.join(earlier)}); its logs would mix with this "
+            "one's and its checkpoints be replaced: choose another folder or remove it"
+        )
     folder.mkdir(parents=True, exist_ok=True)
     config_text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
     atomic_write_bytes(folder / "config.yaml", lambda f: f.write(config_text.encode()))
@@ -197,7 +207,7 @@ def train_centralised(
         "test_labelled": test.labelled if test is not None else None,
         "epoch_seconds": epoch_seconds,
     }
-    text = json.dumps(summary, indent=2)
+    text = json.dumps(json_safe(summary), indent=2)
     atomic_write_bytes(folder / "test_metrics.json", lambda f: f.write(text.encode()))
     plot_learning_curves(
         log.csv_path,

@@ -85,7 +85,6 @@ from typing import Any
 from bench_common import (
     code_revision,
     finite,
-    json_safe,
     mean_sd,
     number_text,
     render_stored,
@@ -95,6 +94,8 @@ from bench_common import (
     write_sections,
     write_text,
 )
+
+from ctan.report import json_safe
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:

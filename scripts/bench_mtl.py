@@ -67,7 +67,6 @@ import matplotlib.pyplot as plt
 import torch
 from bench_common import (
     code_revision,
-    json_safe,
     mean_sd,
     number_text,
     render_stored,
@@ -84,6 +83,7 @@ from ctan.data.dataset import build_cases, split_cases
 from ctan.metrics import delta_m, delta_m_summary
 from ctan.models import build_model
 from ctan.prediction import evaluate_cases, trainer_for
+from ctan.report import json_safe
 from ctan.tasks import METRICS, TaskSpec
 from ctan.training import train_centralised
 

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 import pytest
 import torch
 from factories import make_config
 
-from ctan.checkpoint import load_checkpoint, save_checkpoint
+from ctan.checkpoint import FILE_MODE, atomic_write_bytes, load_checkpoint, save_checkpoint
 from ctan.models import build_model
 
 
@@ -81,3 +82,24 @@ def test_checkpoint_with_settings_this_version_lacks_names_the_file_and_setting(
     message = str(raised.value)
     assert "newer.pt" in message and "written by ctan 9.0" in message
     assert "setting_of_a_later_version" in message
+
+
+def test_weights_that_do_not_fit_their_own_config_are_refused_naming_the_file(tmp_path: Path):
+    config = make_config("hps", size=32, widths=[8, 16, 32])
+    path = save_checkpoint(tmp_path / "edited.pt", build_model(config), config)
+    payload = torch.load(path, weights_only=True)
+    first = next(iter(payload["state_dict"]))
+    payload["state_dict"][first] = torch.zeros(1)
+    torch.save(payload, path)
+    with pytest.raises(ValueError, match=rf"edited\.pt.*do not fit.*{first} \(1,\) instead of"):
+        load_checkpoint(path)
+    del payload["state_dict"]
+    torch.save(payload, path)
+    with pytest.raises(ValueError, match=r"edited\.pt' holds no model weights"):
+        load_checkpoint(path)
+
+
+def test_written_files_get_the_mode_of_the_umask(tmp_path: Path):
+    """Temporary files are owner-only; a report or model others may read must not stay so."""
+    path = atomic_write_bytes(tmp_path / "report.md", lambda f: f.write(b"x"))
+    assert stat.S_IMODE(path.stat().st_mode) == FILE_MODE

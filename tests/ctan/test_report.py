@@ -85,3 +85,15 @@ def test_report_and_card_say_what_the_run_logged_and_trained(
     card = (tmp_path / "run" / "model_card.md").read_text()
     assert "Trained on phantoms (synthetic images in the ham10000 layout)" in card
     assert "1 rounds of 1 local epoch(s)" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_undefined_metrics_are_logged_as_strict_json_nulls(tmp_path: Path) -> None:
+    log = RunLog(tmp_path, tensorboard=False)
+    log.log(1, "validation", {"diagnosis/auc": float("nan"), "lesion/dice": 0.5})
+    log.close()
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    record = json.loads((tmp_path / "metrics.jsonl").read_text(), parse_constant=refuse)
+    assert record["diagnosis/auc"] is None and record["lesion/dice"] == 0.5

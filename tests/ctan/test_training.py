@@ -151,3 +151,11 @@ def test_train_command_with_epoch_override(ham_phantom: Path, tmp_path, capsys):
     assert (
         len(json.loads((tmp_path / "run" / "test_metrics.json").read_text())["epoch_seconds"]) == 1
     )
+    argv = ["train", "--config", str(path), "--no-progress", "--out"]
+    assert main([*argv, str(tmp_path / "run"), "--epochs", "1"]) == 2
+    assert "already holds a run (config.yaml, metrics.csv" in capsys.readouterr().err
+    assert main([*argv, str(tmp_path / "zero"), "--epochs", "0"]) == 2
+    assert "train.epochs" in capsys.readouterr().err and not (tmp_path / "zero").exists()
+    (tmp_path / "a-file").write_text("")
+    assert main([*argv, str(tmp_path / "a-file"), "--epochs", "1"]) == 2
+    assert "a-file" in capsys.readouterr().err
