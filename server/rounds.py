@@ -507,6 +507,12 @@ def run_federation(grid: Grid, config: Config, resume: bool = False) -> Federati
         saved = load_state(state_path)
         require_same_settings(saved, config, state_path)
         require_same_arrays(saved["arrays"], arrays, state_path)
+        if federation.rounds < saved["round"]:
+            raise FederationError(
+                f"{state_path} has completed round {saved['round']} already, more than the "
+                f"{federation.rounds} rounds asked for; resume with at least {saved['round']} "
+                "rounds (that many rewrites its final model and report), or start a new run"
+            )
         arrays, first, folder = saved["arrays"], saved["round"] + 1, base / saved["folder"]
         best = saved.get("best", best)
         strategy.load_state_dict(saved["strategy"])
@@ -545,11 +551,14 @@ def run_federation(grid: Grid, config: Config, resume: bool = False) -> Federati
             arrays, validation = _one_round(
                 server_round, arrays, strategy, admitted, config, admitted.names, log, console
             )
-            score = validation_score(
-                {t.name: validation.get(f"{t.name}.loss", math.nan) for t in config.tasks}
-            )
-            if score < best["validation-loss"]:
-                best = {"round": server_round, "validation-loss": score}
+            losses = {t.name: validation.get(f"{t.name}.loss", math.nan) for t in config.tasks}
+            candidate = {
+                "round": server_round,
+                "validation-loss": validation_score(losses),
+                "tasks-scored": sum(math.isfinite(v) for v in losses.values()),
+            }
+            if better_round(candidate, best):
+                best = candidate
                 extra = best | {"rounds": federation.rounds, "tasks": held_tasks(sites)}
                 _save_global_model(folder / BEST_MODEL_NAME, model, arrays, config, extra)
             _save_state(
@@ -571,6 +580,17 @@ def run_federation(grid: Grid, config: Config, resume: bool = False) -> Federati
     write_federated_report(folder, config, [s.__dict__ for s in sites], best=best)
     console.print(f"run folder: {folder}")
     return FederationResult(folder, federation.rounds, arrays, sites)
+
+
+def better_round(candidate: Mapping[str, Any], best: Mapping[str, Any]) -> bool:
+    """Whether ``candidate`` replaces ``best`` as the round ``best_global_model.pt`` keeps: a
+    round that scored more tasks wins (a round in which no site returned a validation loss for
+    some task, a site having failed its evaluation, is not compared on fewer tasks), and among
+    rounds that scored as many, the lower mean validation loss."""
+    scored, before = candidate["tasks-scored"], best.get("tasks-scored", 0)
+    if scored != before:
+        return scored > before
+    return candidate["validation-loss"] < best["validation-loss"]
 
 
 def held_tasks(sites: Iterable[SiteInfo]) -> list[str]:

@@ -11,6 +11,7 @@ admits and what it says about the others.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -28,6 +29,7 @@ from server.rounds import (
     FederationError,
     admit_newcomers,
     admit_sites,
+    better_round,
     gather_sites,
 )
 
@@ -385,3 +387,48 @@ def test_a_listed_site_that_does_not_join_is_named(
     out = " ".join(capsys.readouterr().out.split())
     assert "federation.sites lists ['c'], which did not join" in out
     assert "(a simulation needs num-supernodes 3)" in out
+
+
+def test_the_best_round_is_not_chosen_over_fewer_tasks() -> None:
+    """A round in which the only site holding diagnosis failed its evaluation scores lesion
+    alone; its lower mean must not make it the best model."""
+    start = {"round": 0, "validation-loss": math.inf}
+    both = {"round": 1, "validation-loss": 1.63, "tasks-scored": 2}
+    lesion_only = {"round": 2, "validation-loss": 1.45, "tasks-scored": 1}
+    lower = {"round": 3, "validation-loss": 1.60, "tasks-scored": 2}
+    assert better_round(lesion_only, start) and better_round(both, lesion_only)
+    assert not better_round(lesion_only, both)
+    assert better_round(lower, both) and not better_round(both, lower)
+    assert not better_round({"round": 4, "validation-loss": math.inf, "tasks-scored": 0}, start)
+
+
+def test_a_resume_asking_fewer_rounds_than_completed_is_refused(ham_phantom: Path, tmp_path: Path):
+    import torch
+
+    from ctan.models import build_model, parameter_groups
+    from server.rounds import STATE_NAME, resume_settings, run_federation
+
+    config = load_config(federation_yaml(ham_phantom, tmp_path, "server", min_sites=2))
+    model = build_model(config)
+    weights = model.state_dict()
+    shared = [
+        k for g, ks in parameter_groups(model).items() if not g.startswith("heads.") for k in ks
+    ]
+    state = config.experiment.output_dir / config.federation.id / STATE_NAME
+    state.parent.mkdir(parents=True)
+    torch.save(
+        {
+            "round": 3,
+            "seed": config.experiment.seed,
+            "settings": resume_settings(config),
+            "folder": "run-1",
+            "arrays": {k: weights[k] for k in shared},
+            "strategy": {},
+        },
+        state,
+    )
+    fewer = config.model_copy(
+        update={"federation": config.federation.model_copy(update={"rounds": 2})}
+    )
+    with pytest.raises(FederationError, match=r"completed round 3 already, more than the 2 rounds"):
+        run_federation(None, fewer, resume=True)  # type: ignore[arg-type]
