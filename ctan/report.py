@@ -162,11 +162,18 @@ def plot_learning_curves(
     return _save_figure(fig, out)
 
 
-def _final(
+def _final_cell(
     curves: Mapping[str, Mapping[str, list[tuple[int, float]]]], split: str, name: str
-) -> float | None:
+) -> str:
+    """The last logged value as :func:`_cell` writes it, with its round in brackets when that
+    is not the run's last round (a site that failed or left: its value is not final)."""
     points = curves.get(split, {}).get(name)
-    return points[-1][1] if points else None
+    if not points:
+        return _cell(None)
+    rounds = curves.get("round", {}).get("wall-seconds", [])
+    step, value = points[-1]
+    stale = rounds and step < rounds[-1][0]
+    return f"{_cell(value)} (round {step})" if stale else _cell(value)
 
 
 def plot_federated_curves(curves: Mapping, out: Path, tasks: list[Any], sites: list[str]) -> Path:
@@ -281,7 +288,7 @@ def write_federated_report(
         cells = []
         for task in config.tasks:
             for metric in task.metrics:
-                cells.append(_cell(_final(curves, f"validation/{site}", f"{task.name}.{metric}")))
+                cells.append(_final_cell(curves, f"validation/{site}", f"{task.name}.{metric}"))
         lines.append(
             f"| {'all sites (weighted)' if site == 'all' else site} | " + " | ".join(cells) + " |"
         )
@@ -295,9 +302,9 @@ def write_federated_report(
         ]
         for task in config.tasks:
             for metric in task.metrics:
-                fed = _final(curves, "validation/all", f"{task.name}.{metric}")
+                fed = _final_cell(curves, "validation/all", f"{task.name}.{metric}")
                 cen = centralised.get(task.name, {}).get(metric)
-                lines.append(f"| {task.name} | {metric} | {_cell(cen)} | {_cell(fed)} |")
+                lines.append(f"| {task.name} | {metric} | {_cell(cen)} | {fed} |")
     traffic = [
         "",
         "## Traffic and time per round",
@@ -397,8 +404,8 @@ def write_model_card(
         for task in config.tasks:
             if task.name in site["tasks"]:
                 name = f"{task.name}.{task.primary_metric}"
-                value = _final(curves, f"validation/{site['name']}", name)
-                values.append(f"{task.name} {task.primary_metric} {_cell(value)}")
+                value = _final_cell(curves, f"validation/{site['name']}", name)
+                values.append(f"{task.name} {task.primary_metric} {value}")
         lines.append(f"- {site['name']}: " + "; ".join(values))
     lines += [
         "",

@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -110,6 +110,7 @@ def _save_state(path: Path, payload: Mapping[str, Any]) -> None:
         "arrays": tensors(payload["arrays"]),
         "strategy": tensors(payload["strategy"]),
         "best": dict(payload["best"]),
+        "sites": list(payload["sites"]),
     }
     atomic_write_bytes(path, lambda f: torch.save(data, f))
 
@@ -501,6 +502,7 @@ def run_federation(grid: Grid, config: Config, resume: bool = False) -> Federati
     keys = [k for g, ks in all_groups.items() if g in groups for k in ks]
     arrays = {k: state[k].numpy() for k in keys}
     first, best = 1, {"round": 0, "validation-loss": math.inf}
+    earlier: list[SiteInfo] = []
     if resume:
         if not state_path.is_file():
             raise FederationError(f"nothing to resume: {state_path} does not exist")
@@ -515,6 +517,7 @@ def run_federation(grid: Grid, config: Config, resume: bool = False) -> Federati
             )
         arrays, first, folder = saved["arrays"], saved["round"] + 1, base / saved["folder"]
         best = saved.get("best", best)
+        earlier = [SiteInfo(**site) for site in saved.get("sites", [])]
         strategy.load_state_dict(saved["strategy"])
         console.print(f"resuming federation {federation.id} after round {saved['round']}")
     else:
@@ -559,7 +562,10 @@ def run_federation(grid: Grid, config: Config, resume: bool = False) -> Federati
             }
             if better_round(candidate, best):
                 best = candidate
-                extra = best | {"rounds": federation.rounds, "tasks": held_tasks(sites)}
+                extra = best | {
+                    "rounds": federation.rounds,
+                    "tasks": held_tasks(with_earlier(sites, earlier)),
+                }
                 _save_global_model(folder / BEST_MODEL_NAME, model, arrays, config, extra)
             _save_state(
                 state_path,
@@ -571,13 +577,15 @@ def run_federation(grid: Grid, config: Config, resume: bool = False) -> Federati
                     "arrays": arrays,
                     "strategy": strategy.state_dict(),
                     "best": best,
+                    "sites": [asdict(s) for s in with_earlier(sites, earlier)],
                 },
             )
     finally:
         log.close()
-    extra = {"rounds": federation.rounds, "tasks": held_tasks(sites)}
+    everyone = with_earlier(sites, earlier)
+    extra = {"rounds": federation.rounds, "tasks": held_tasks(everyone)}
     _save_global_model(folder / "global_model.pt", model, arrays, config, extra)
-    write_federated_report(folder, config, [s.__dict__ for s in sites], best=best)
+    write_federated_report(folder, config, [asdict(s) for s in everyone], best=best)
     console.print(f"run folder: {folder}")
     return FederationResult(folder, federation.rounds, arrays, sites)
 
@@ -591,6 +599,13 @@ def better_round(candidate: Mapping[str, Any], best: Mapping[str, Any]) -> bool:
     if scored != before:
         return scored > before
     return candidate["validation-loss"] < best["validation-loss"]
+
+
+def with_earlier(sites: list[SiteInfo], earlier: list[SiteInfo]) -> list[SiteInfo]:
+    """The sites of this session and, for a resumed run, those of the sessions before it that
+    did not rejoin (their rounds are in the log, the report and the model card), by name."""
+    names = {s.name for s in sites}
+    return sorted([*sites, *(s for s in earlier if s.name not in names)], key=lambda s: s.name)
 
 
 def held_tasks(sites: Iterable[SiteInfo]) -> list[str]:

@@ -97,3 +97,25 @@ def test_undefined_metrics_are_logged_as_strict_json_nulls(tmp_path: Path) -> No
 
     record = json.loads((tmp_path / "metrics.jsonl").read_text(), parse_constant=refuse)
     assert record["diagnosis/auc"] is None and record["lesion/dice"] == 0.5
+
+
+def test_a_value_from_before_the_last_round_is_marked_with_its_round(
+    ham_phantom: Path, tmp_path: Path
+) -> None:
+    raw = derm_config(ham_phantom, tmp_path).model_dump(mode="json")
+    raw["federation"] = {"id": "stale", "rounds": 2, "min_sites": 1}
+    config = load_config(raw)
+    log = RunLog(tmp_path / "run", tensorboard=False)
+    for step, site, dice in ((1, "a", 0.1), (1, "b", 0.2), (2, "a", 0.3)):
+        log.log(step, "round", {"wall-seconds": 2.0})
+        log.log(step, f"validation/{site}", {"lesion.dice": dice})
+    log.close()
+    sites = [
+        {"name": n, "tasks": ["lesion"], "labelled": {"lesion": 9}, "code_version": "x"}
+        for n in ("a", "b")
+    ]
+    write_federated_report(tmp_path / "run", config, sites)
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "| a | 0.3000 |" in report and "| b | 0.2000 (round 1) |" in report
+    card = (tmp_path / "run" / "model_card.md").read_text()
+    assert "- a: lesion dice 0.3000" in card and "- b: lesion dice 0.2000 (round 1)" in card

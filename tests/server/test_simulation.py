@@ -152,6 +152,11 @@ def test_resumed_run_matches_uninterrupted(two_rounds, ham_phantom: Path, tmp_pa
     saved = load_state(interrupted / "sim-test" / "server-state.pt")
     assert saved["round"] == 1 and saved["best"]["round"] == 1
     assert saved["best"]["validation-loss"] < math.inf
+    assert [site["name"] for site in saved["sites"]] == [
+        "rosendahl",
+        "vidir_modern",
+        "vidir_molemax",
+    ]
     assert simulate(path, 2, interrupted, None, resume=True, keep_home=False) == 0
     expected, resumed = final_arrays(output), final_arrays(interrupted)
     assert best_round(interrupted) == best_round(output)
