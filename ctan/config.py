@@ -67,6 +67,31 @@ class ConfigError(ValueError):
     """A configuration that cannot be used; the message lists every problem found."""
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping: plain YAML keeps the
+    last silently, so ``train: {epochs: 5}`` and a later ``train: {epochs: 1}`` give 1 epoch."""
+
+
+def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    lines: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node)
+        line = key_node.start_mark.line + 1
+        if not isinstance(key, typing.Hashable):
+            continue
+        if key in lines:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} is given twice (lines {lines[key]} and {line})"
+            )
+        lines[key] = line
+    return loader.construct_mapping(node)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def _resolve_path(value: Path, info: ValidationInfo) -> Path:
     """Make ``value`` absolute against the config file's folder (``context['base_dir']``)."""
     value = value.expanduser()
@@ -82,11 +107,22 @@ ResolvedPath = Annotated[Path, AfterValidator(_resolve_path)]
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _refuse_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """``epochs: true`` is a slip, not one epoch: pydantic would read a boolean as 1."""
+        if isinstance(value, bool) and info.field_name is not None:
+            annotation = cls.model_fields[info.field_name].annotation
+            numeric = {int, float}
+            if annotation in numeric or set(typing.get_args(annotation)) & numeric:
+                raise ValueError(f"a number is needed, not the boolean {value}")
+        return value
+
 
 class ExperimentConfig(_Section):
     """Names the run and fixes its randomness and output folder."""
 
-    name: str = "ctan"
+    name: Annotated[str, Field(pattern=FOLDER_NAME_PATTERN)] = "ctan"
     seed: int = Field(default=0, ge=0)
     output_dir: ResolvedPath = Path("runs")
 
@@ -136,6 +172,8 @@ class ModelConfig(_Section):
                 f"image_size {self.image_size} has {len(self.image_size)} sides but spatial_dims "
                 f"is {self.spatial_dims}; give {self.spatial_dims} sizes"
             )
+        if any(s < 1 for s in self.image_size):
+            raise ValueError(f"image_size {self.image_size} must be positive on every side")
         if any(w < 1 for w in self.widths):
             raise ValueError(f"widths {self.widths} must all be positive")
         factor = 2 ** (len(self.widths) - 1)
@@ -242,6 +280,15 @@ class DataConfig(_Section):
         description="manifest only (the other formats declare their own); default: no "
         "left-right axis, so mirrors exchange no channels",
     )
+
+    @model_validator(mode="after")
+    def _check_phantom(self) -> DataConfig:
+        if self.phantom is not None and self.format == "manifest":
+            raise ValueError(
+                "phantom applies to formats 'ham10000', 'openkbp' and 'stoic' (phantoms are "
+                "written in one of those layouts); a manifest names real files"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_laterality(self) -> DataConfig:
@@ -513,7 +560,7 @@ def load_config(source: str | Path | Mapping[str, Any]) -> Config:
         if not path.is_file():
             raise FileNotFoundError(f"config file {str(path)!r} does not exist")
         try:
-            raw = yaml.safe_load(path.read_text())
+            raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML: {err}") from err
         base_dir, origin = path.resolve().parent, str(path)
@@ -564,6 +611,13 @@ def _describe(error: Mapping[str, Any]) -> str:
         hint = _hint(str(error.get("input")), choices)
         return f"{where}: got {received}; allowed: {expected}{hint}"
     message = str(error["msg"]).removeprefix("Value error, ")
+    if kind == "string_pattern_mismatch" and error.get("ctx", {}).get("pattern") == (
+        FOLDER_NAME_PATTERN
+    ):
+        message = (
+            "it names a folder: letters, digits, '_', '.' and '-', starting with a letter or "
+            "digit (no '/', no '..')"
+        )
     text = f"{where}: {message}"
     if received is not None and received not in message:
         text += f" (got {received})"

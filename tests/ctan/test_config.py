@@ -101,11 +101,17 @@ def test_design_example_config_loads(tmp_path: Path):
         ("model", "image_size", [60, 64], "multiple of 8; for example image_size [64, 64]"),
         ("model", "image_size", [64, 64, 64], "spatial_dims is 2"),
         ("model", "widths", [12, 32, 64, 128], "not divisible by norm_groups 8"),
+        ("model", "image_size", [-32, 64], "must be positive on every side"),
+        ("model", "in_channels", True, "model.in_channels: a number is needed, not the boolean"),
+        ("train", "epochs", True, "train.epochs: a number is needed, not the boolean True"),
+        ("train", "lr", False, "train.lr: a number is needed"),
+        ("experiment", "name", "../escape", "experiment.name: it names a folder"),
+        ("data", "phantom", {}, "phantom applies to formats 'ham10000', 'openkbp' and 'stoic'"),
     ],
 )
-def test_bad_model_values_name_field_and_allowed_values(section, key, value, expected):
-    raw = _base()
-    raw[section][key] = value
+def test_bad_values_name_field_and_allowed_values(section, key, value, expected):
+    raw = _base() | {"data": {"format": "manifest", "root": "cases.csv"}}
+    raw.setdefault(section, {})[key] = value
     message = _error(raw)
     assert expected in message
     assert f"{section}" in message
@@ -179,6 +185,12 @@ def test_yaml_file_errors_name_the_file(tmp_path: Path):
     broken.write_text("model: [unclosed\n")
     with pytest.raises(ConfigError, match=r"broken\.yaml: not valid YAML"):
         load_config(broken)
+    twice = tmp_path / "twice.yaml"
+    twice.write_text(CONTRACT_YAML + "train:\n  epochs: 5\ntrain:\n  epochs: 1\n")
+    with pytest.raises(
+        ConfigError, match=r"twice\.yaml: .*'train' is given twice \(lines 10 and 12"
+    ):
+        load_config(twice)
     scalar = tmp_path / "scalar.yaml"
     scalar.write_text("42\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
