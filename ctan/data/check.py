@@ -16,8 +16,8 @@ from rich.console import Console
 from rich.table import Table
 
 from ctan.config import Config
-from ctan.data.dataset import CaseDataset, build_cases, make_reader, split_cases
-from ctan.data.reader import BadCase, CaseList
+from ctan.data.dataset import build_cases, make_reader, readable_cases, split_cases
+from ctan.data.reader import BadCase, ListingProblems
 
 __all__ = ["DataReport", "check_data"]
 
@@ -98,27 +98,12 @@ def check_data(config: Config, skip_bad: bool = False) -> DataReport:
     skip = skip_bad or config.data.skip_bad
     try:
         cases = build_cases(config, skip_bad=skip)
+        if not skip:
+            readable_cases(cases, config, ListingProblems(skip_bad=False))
     except (ValueError, FileNotFoundError) as err:
         report.problems.append(str(err))
         return report
     report.skipped = list(cases.skipped)
-    try:
-        dataset = CaseDataset(cases, config, train=False)
-    except ValueError as err:
-        report.problems.append(str(err))
-        return report
-    readable = []
-    for case in cases:
-        try:
-            dataset.arrays(case)
-        except (ValueError, FileNotFoundError) as err:
-            if not skip:
-                report.problems.append(str(err))
-                break
-            report.skipped.append(BadCase(case.case_id, str(err)))
-            continue
-        readable.append(case)
-    cases = CaseList(readable)
     report.cases = len(cases)
     report.groups = len({c.group for c in cases})
     for task in config.tasks:

@@ -38,6 +38,7 @@ __all__ = [
     "build_cases",
     "left_right_swaps",
     "make_reader",
+    "readable_cases",
     "split_cases",
 ]
 
@@ -110,12 +111,14 @@ def _ensure_root(config: Config) -> Path:
 
 
 def build_cases(config: Config, skip_bad: bool | None = None) -> CaseList:
-    """List the cases of ``config.data`` (no pixels read).
+    """List the cases of ``config.data`` (no pixels read, except under ``skip_bad``).
 
     Args:
         config: the experiment config; ``data.format`` picks the reader.
         skip_bad: go on past bad cases (default ``config.data.skip_bad``); they are logged and
-            kept in the result's ``skipped`` list.
+            kept in the result's ``skipped`` list. Every case is then also read once (see
+            :func:`readable_cases`), so that a corrupt image is skipped too rather than stopping
+            training at its first epoch.
 
     Returns:
         A :class:`~ctan.data.reader.CaseList` (a ``list[Case]`` with ``.skipped``).
@@ -128,6 +131,8 @@ def build_cases(config: Config, skip_bad: bool | None = None) -> CaseList:
     skip = config.data.skip_bad if skip_bad is None else skip_bad
     problems = ListingProblems(skip_bad=skip)
     cases = reader.list_cases(_ensure_root(config), problems)
+    if skip:
+        cases = readable_cases(cases, config, problems)
     if problems.skipped:
         log.warning(
             "skipped %d bad cases: %s",
@@ -135,6 +140,26 @@ def build_cases(config: Config, skip_bad: bool | None = None) -> CaseList:
             ", ".join(b.name for b in problems.skipped),
         )
     return CaseList(cases, problems.skipped)
+
+
+def readable_cases(cases: list[Case], config: Config, problems: ListingProblems) -> list[Case]:
+    """The cases whose pixels read and preprocess; each is read once, into the cache that
+    training then reads from (a cache hit costs next to nothing).
+
+    Raises:
+        ValueError, FileNotFoundError: a case that does not read, unless ``problems`` skips bad
+            cases (it then records it).
+    """
+    dataset = CaseDataset(cases, config, train=False)
+    readable = []
+    for case in cases:
+        try:
+            dataset.arrays(case)
+        except (ValueError, FileNotFoundError) as err:
+            problems.bad(case.case_id, err)
+            continue
+        readable.append(case)
+    return readable
 
 
 def _group_of(case: Case, by: str | None) -> str:

@@ -61,3 +61,15 @@ def test_corrupt_jpeg_stops_the_check_or_is_skipped(ham: Path, tmp_path: Path) -
     text = skipped.render()
     assert bad.stem in text and "NOT OK" in text
     assert "lesion" in text and "diagnosis" in text
+
+
+def test_training_data_leaves_a_corrupt_image_out_under_skip_bad(ham: Path, tmp_path: Path) -> None:
+    from ctan.training import prepare_splits
+
+    bad = sorted(ham.rglob("ISIC_*.jpg"))[3]
+    bad.write_bytes(b"\xff\xd8\xff not a jpeg")
+    config = ham_config(ham, tmp_path)
+    skipping = config.model_copy(update={"data": config.data.model_copy(update={"skip_bad": True})})
+    splits = prepare_splits(skipping)
+    kept = [c.case_id for part in splits.values() for c in part]
+    assert len(kept) == 23 and bad.stem not in kept
