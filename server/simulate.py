@@ -6,8 +6,11 @@ Starts a private SuperLink in simulation mode (own ``FLWR_HOME``, free ports on 
 telemetry, update checks and runtime dependency installation off), submits the app with
 ``flwr run`` pointing at the YAML, streams its log, checks that the run really completed
 (``flwr run --stream`` exits 0 even when the run failed), and stops the SuperLink it started by
-its PID, also on failure, Ctrl-C or SIGTERM. ``flwr run .`` from the project root works as
-well.
+its PID and every helper of it (SuperExec, the simulation runtime, Ray's processes, found by the
+private home), also on failure, Ctrl-C or SIGTERM; signals are ignored while it cleans up, so a
+second Ctrl-C cannot leave processes behind. The private home is removed at the end unless the
+run failed (its logs stay) or ``--keep-flwr-home`` is given.
+``flwr run .`` from the project root works as well.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from ctan.config import load_config
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONNECTION = "simulation"
 FINISHED = "finished"
+#: signals that end a simulation early: SIGTERM, a closed terminal (SIGHUP), Ctrl-C (SIGINT)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 
 
 def free_port() -> int:
@@ -42,11 +47,17 @@ def free_port() -> int:
 
 
 def flower_env(home: Path) -> dict[str, str]:
-    """The environment for every Flower process of this simulation."""
+    """The environment for every Flower process of this simulation.
+
+    Ray's temporary folder (``RAY_TMPDIR``: sockets, session logs) lies in the private home too,
+    so that Ray's agents, which keep their logs open there, can be told apart from another
+    simulation's, and no session folder is left in the system's ``/tmp/ray``.
+    """
     env = os.environ.copy()
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env.update(
         FLWR_HOME=str(home),
+        RAY_TMPDIR=str(home),
         FLWR_TELEMETRY_ENABLED="0",
         FLWR_DISABLE_UPDATE_CHECK="1",
         FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
@@ -158,21 +169,52 @@ def stop(process: subprocess.Popen) -> None:
         process.wait()
 
 
-def processes_of(home: Path) -> list[int]:
-    """PIDs of processes whose environment names ``home`` as ``FLWR_HOME``.
+def running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie waiting to be reaped is not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
 
-    The SuperLink's helpers (SuperExec, the simulation runtime, Ray's agents) leave its process
-    group, so they are found by the private ``FLWR_HOME`` they inherit instead.
+
+def holds_file_under(pid: int, folder: Path) -> bool:
+    """Whether process ``pid`` has a file inside ``folder`` open."""
+    prefix = f"{folder}{os.sep}"
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            if os.readlink(fd).startswith(prefix):
+                return True
+    return False
+
+
+def processes_of(home: Path) -> list[int]:
+    """PIDs of the live processes of the simulation whose private ``FLWR_HOME`` is ``home``.
+
+    The SuperLink's helpers (SuperExec, the simulation runtime, Ray's raylet and workers) leave
+    its process group, so they are found by the ``FLWR_HOME`` they inherit instead. Ray's agents
+    (``ray::DashboardAgent``, ``ray::RuntimeEnvAgent``) start with a cleared environment and
+    outlive their raylet; they are found by the session logs they keep open under ``home``
+    (``RAY_TMPDIR``, see :func:`flower_env`).
     """
     marker = f"FLWR_HOME={home}".encode()
     found = []
     for entry in Path("/proc").glob("[0-9]*"):
+        pid = int(entry.name)
+        if pid == os.getpid() or not running(pid):
+            continue
         try:
-            if marker in (entry / "environ").read_bytes().split(b"\0"):
-                found.append(int(entry.name))
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-    return [pid for pid in found if pid != os.getpid()]
+        if marker in environ or (cmdline.startswith(b"ray::") and holds_file_under(pid, home)):
+            found.append(pid)
+    return found
 
 
 def stop_leftovers(home: Path, timeout: float = 10.0) -> None:
@@ -185,7 +227,7 @@ def stop_leftovers(home: Path, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
         while pids and time.monotonic() < deadline:
             time.sleep(0.2)
-            pids = [p for p in pids if Path(f"/proc/{p}").exists()]
+            pids = [p for p in pids if running(p)]
         if not pids:
             return
 
@@ -246,8 +288,25 @@ def terminate_as_exit() -> Iterator[None]:
     def leave(signum: int, frame: object) -> None:
         raise SystemExit(128 + signum)
 
-    caught = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
-    previous = {signum: signal.signal(signum, leave) for signum in caught}
+    previous = {signum: signal.signal(signum, leave) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+@contextlib.contextmanager
+def signals_ignored() -> Iterator[None]:
+    """Ignore SIGTERM, SIGHUP and SIGINT while inside: for cleanup, which a second Ctrl-C must
+    not cut short (that would leave processes and the private home behind). The previous
+    handlers come back on leaving; only the main thread can change them, elsewhere this does
+    nothing. Processes started inside inherit the ignored signals.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in STOP_SIGNALS}
     try:
         yield
     finally:
@@ -310,8 +369,9 @@ def simulate(
         f"SuperLink on 127.0.0.1:{port}"
     )
     with terminate_as_exit():
-        superlink = start_superlink(home, port)
+        superlink: subprocess.Popen | None = None
         try:
+            superlink = start_superlink(home, port)
             submitted = flwr_json(
                 home,
                 "run",
@@ -349,11 +409,16 @@ def simulate(
             )
             keep_home = True
             return 1
+        except RuntimeError:
+            keep_home = True  # the error names a log in it
+            raise
         finally:
-            stop(superlink)
-            stop_leftovers(home)
-            if not keep_home:
-                shutil.rmtree(home, ignore_errors=True)
+            with signals_ignored():
+                if superlink is not None:
+                    stop(superlink)
+                stop_leftovers(home)
+                if not keep_home:
+                    shutil.rmtree(home, ignore_errors=True)
 
 
 def positive_rounds(text: str) -> int:

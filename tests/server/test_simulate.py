@@ -1,11 +1,59 @@
-"""What each simulated site asks Ray for (CPUs and a share of the GPUs), and how the Flower CLI's
-answers are read."""
+"""What each simulated site asks Ray for (CPUs and a share of the GPUs), how the Flower CLI's
+answers are read, and how a simulation's processes are found and stopped."""
 
 from __future__ import annotations
 
-import pytest
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
-from server.simulate import flwr_json, main, site_resources
+import pytest
+import yaml
+from factories import derm_config
+
+from server.simulate import (
+    PROJECT_ROOT,
+    flwr_json,
+    main,
+    processes_of,
+    running,
+    signals_ignored,
+    site_resources,
+    stop_leftovers,
+    terminate_as_exit,
+)
+
+
+def federation_yaml(ham_phantom: Path, tmp: Path, rounds: int) -> Path:
+    """A three-site federation of the small derm model on the HAM10000 phantoms."""
+    raw = derm_config(ham_phantom, tmp).model_dump(mode="json")
+    raw["train"]["epochs"] = 1
+    raw["federation"] = {
+        "id": "sim-test",
+        "rounds": rounds,
+        "min_sites": 3,
+        "partition": {"method": "site"},
+        "sites": [
+            {"name": name, "tasks": ["lesion"]}
+            for name in ("rosendahl", "vidir_modern", "vidir_molemax")
+        ],
+    }
+    path = tmp / "federation.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def started_as(process: subprocess.Popen, name: str) -> None:
+    """Wait until ``process`` has exec'd into a program whose command line starts with ``name``."""
+    deadline = time.monotonic() + 10
+    while not Path(f"/proc/{process.pid}/cmdline").read_bytes().startswith(name.encode()):
+        assert time.monotonic() < deadline, f"{process.args} never became {name}"
+        time.sleep(0.05)
 
 
 def test_sites_share_the_gpus_when_the_device_allows_it() -> None:
@@ -55,3 +103,77 @@ def test_a_bad_rounds_value_is_refused_before_anything_starts(
         main(["--rounds", rounds])
     assert exited.value.code == 2
     assert f"--rounds must be a whole number >= 1, got {rounds!r}" in capsys.readouterr().err
+
+
+def test_a_ray_agent_that_ignores_sigterm_is_found_by_its_open_log_and_killed(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "home"
+    (home / "ray").mkdir(parents=True)
+    agent_program = 'trap "" TERM; exec -a ray::DashboardAgent sleep 60'
+    bare = {"PATH": os.environ["PATH"]}
+    with (home / "ray" / "dashboard_agent.log").open("w") as log:
+        agent = subprocess.Popen(["bash", "-c", agent_program], stdout=log, env=bare)
+    elsewhere = subprocess.Popen(["bash", "-c", agent_program], stdout=subprocess.DEVNULL, env=bare)
+    try:
+        started_as(agent, "ray::")
+        started_as(elsewhere, "ray::")
+        assert processes_of(home) == [agent.pid]
+        stop_leftovers(home, timeout=1)
+        assert agent.wait(timeout=5) == -signal.SIGKILL
+        assert processes_of(home) == [] and elsewhere.poll() is None
+    finally:
+        for process in (agent, elsewhere):
+            process.kill()
+            process.wait()
+
+
+def test_cleanup_ignores_a_second_interrupt_and_the_handler_comes_back() -> None:
+    with terminate_as_exit():
+        with signals_ignored():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+        with pytest.raises(SystemExit) as exited:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+    assert exited.value.code == 128 + signal.SIGINT
+
+
+@pytest.mark.slow
+def test_ctrl_c_twice_still_stops_every_process_and_removes_the_home(
+    ham_phantom: Path, tmp_path: Path
+) -> None:
+    path = federation_yaml(ham_phantom, tmp_path, rounds=50)
+    command = [sys.executable, "-m", "server.simulate", "--config", str(path)]
+    command += ["--output-dir", str(tmp_path / "out")]
+    log = tmp_path / "simulate.log"
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            command, cwd=PROJECT_ROOT, stdout=output, stderr=subprocess.STDOUT, text=True
+        )
+    home = None
+    try:
+        deadline = time.monotonic() + 180
+        while "round 1/" not in log.read_text() and time.monotonic() < deadline:
+            assert process.poll() is None, log.read_text()
+            time.sleep(0.5)
+        home = Path(re.search(r"private FLWR_HOME (\S+),", log.read_text()).group(1))
+        agents = [
+            pid
+            for pid in processes_of(home)
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::DashboardAgent")
+        ]
+        assert agents, "Ray's dashboard agent was not found by the private home"
+        process.send_signal(signal.SIGINT)
+        time.sleep(1)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=90) == 128 + signal.SIGINT
+        assert processes_of(home) == []
+        assert not any(running(pid) for pid in agents)
+        assert not home.exists()
+    finally:
+        process.kill()
+        process.wait()
+        if home is not None:
+            stop_leftovers(home)
+            shutil.rmtree(home, ignore_errors=True)
