@@ -84,13 +84,22 @@ RUN_FILES = ("config.yaml", "metrics.csv", "metrics.jsonl", "best.pt", "last.pt"
 
 def new_run_folder(config: Config) -> Path:
     """``<output_dir>/<name>-<UTC time>``, unique."""
+    return new_folder(config.experiment.output_dir, config.experiment.name)
+
+
+def new_folder(parent: Path, prefix: str) -> Path:
+    """Create and return ``<parent>/<prefix>-<UTC time>``, with ``-1``, ``-2`` ... appended
+    when runs start within the same second (they must not share a log)."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    base = config.experiment.output_dir / f"{config.experiment.name}-{stamp}"
+    parent.mkdir(parents=True, exist_ok=True)
+    base = parent / f"{prefix}-{stamp}"
     folder, index = base, 1
-    while folder.exists():
-        folder, index = base.with_name(f"{base.name}-{index}"), index + 1
-    folder.mkdir(parents=True)
-    return folder
+    while True:
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            folder, index = base.with_name(f"{base.name}-{index}"), index + 1
 
 
 def train_centralised(

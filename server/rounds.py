@@ -15,7 +15,6 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from ctan.config import Config
 from ctan.models import build_model, parameter_groups
 from ctan.report import RunLog, write_federated_report
 from ctan.site import model_signature, signature_difference, signature_digest
-from ctan.training import validation_score
+from ctan.training import new_folder, validation_score
 from server.aggregation import split_groups, travelling_groups
 from server.strategy import QuorumTimeoutError, build_strategy, groups_to_arrayrecord
 
@@ -526,9 +525,7 @@ def run_federation(grid: Grid, config: Config, resume: bool = False) -> Federati
                 f"[yellow]{state_path} holds an earlier run of federation {federation.id}; this "
                 "new run replaces it after its first round (--resume continues that one)[/yellow]"
             )
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-        folder = base / f"run-{stamp}"
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = new_folder(base, "run")
     sites, refused = gather_sites(grid, config)
     admitted = AdmittedGrid(grid, {s.node_id: s.name for s in sites})
     turned_away = for_good(refused)

@@ -159,3 +159,10 @@ def test_train_command_with_epoch_override(ham_phantom: Path, tmp_path, capsys):
     (tmp_path / "a-file").write_text("")
     assert main([*argv, str(tmp_path / "a-file"), "--epochs", "1"]) == 2
     assert "a-file" in capsys.readouterr().err
+
+
+def test_runs_started_within_one_second_get_folders_of_their_own(tmp_path: Path):
+    from ctan.training import new_folder
+
+    folders = [new_folder(tmp_path / "federation", "run") for _ in range(3)]
+    assert len(set(folders)) == 3 and all(f.is_dir() for f in folders)
