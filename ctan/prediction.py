@@ -9,8 +9,11 @@ organ).
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import logging
+import re
+import tempfile
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,9 +30,9 @@ from ctan.checkpoint import (
     require_trained_heads,
     trained_tasks,
 )
-from ctan.config import Config, load_config
+from ctan.config import DEVICE_PATTERN, Config, load_config
 from ctan.data.base import Case
-from ctan.engine import Evaluation, TaskTrainer, make_loader
+from ctan.engine import Evaluation, TaskTrainer, make_loader, resolve_device
 from ctan.tasks import TaskSpec
 
 logger = logging.getLogger(__name__)
@@ -39,13 +42,32 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".nii", ".nii.gz", ".mha", ".mhd", ".
 INPUT_DIMS = {"ham10000": 2, "stoic": 3}
 
 
-def trainer_for(checkpoint: Checkpoint, config: Config | None = None) -> TaskTrainer:
-    """A :class:`TaskTrainer` around the checkpoint's model (for scoring and prediction)."""
+def trainer_for(
+    checkpoint: Checkpoint, config: Config | None = None, device: str | None = None
+) -> TaskTrainer:
+    """A :class:`TaskTrainer` around the checkpoint's model (for scoring and prediction).
+
+    Args:
+        checkpoint: the loaded checkpoint.
+        config: the config to run under (default the checkpoint's own).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``, instead of the config's
+            ``train.device`` (a model trained on a GPU can be scored on a machine without one);
+            ``None`` keeps ``train.device``.
+
+    Raises:
+        ValueError: ``device`` is not one of those, or names CUDA where there is none.
+    """
     from ctan.training import companions
 
     config = config or checkpoint.config
+    if device is not None and not re.fullmatch(DEVICE_PATTERN, device):
+        raise ValueError(f"device is {device!r}; allowed: 'auto', 'cpu', 'cuda' or 'cuda:N'")
     return TaskTrainer(
-        checkpoint.build_model(), config.tasks, config.train, companions=companions(config)
+        checkpoint.build_model(),
+        config.tasks,
+        config.train,
+        companions=companions(config),
+        device=resolve_device(device) if device is not None else None,
     )
 
 
@@ -77,19 +99,24 @@ def evaluate_cases(trainer: TaskTrainer, config: Config, cases: Sequence[Case]) 
 
 
 def evaluate_checkpoint(
-    checkpoint: Path, data_config: Path | None = None, split: str = "test"
+    checkpoint: Path,
+    data_config: Path | None = None,
+    split: str = "test",
+    device: str | None = None,
 ) -> dict[str, Any]:
     """Score a checkpoint on a split of its own data, or of another config's data section.
 
     A federated site's model is scored on the split that site held out (its checkpoint records
     how it split its cases), not on a split of the whole data, which would hold some of its
     training cases. Only tasks whose heads were trained are scored; the others are listed
-    under ``untrained-tasks``.
+    under ``untrained-tasks``. ``device`` overrides the checkpoint's ``train.device`` (see
+    :func:`trainer_for`).
 
     Raises:
         ValueError: there is no data to evaluate on (the message names the checkpoint and
-            ``--data``), the split is empty, the site's data changed since it split it, or the
-            checkpoint is a federated global model without trained heads.
+            ``--data``), the split is empty, the site's data changed since it split it, the
+            checkpoint is a federated global model without trained heads, or ``device`` is not
+            usable.
     """
     from ctan.site import recorded_site_splits
     from ctan.training import prepare_splits
@@ -107,6 +134,7 @@ def evaluate_checkpoint(
             f"{str(checkpoint)!r} records no data to evaluate on; name a config whose data "
             "section to use with --data"
         )
+    trainer = trainer_for(saved, config, device)
     if data_config is None and "split" in saved.extra:
         splits = recorded_site_splits(config, saved.extra, checkpoint)
     else:
@@ -114,7 +142,7 @@ def evaluate_checkpoint(
     cases = [c for part in splits.values() for c in part] if split == "all" else splits[split]
     if not cases:
         raise ValueError(f"the {split} split of {config.data.root} is empty")
-    evaluation = evaluate_cases(trainer_for(saved, config), config, cases)
+    evaluation = evaluate_cases(trainer, config, cases)
     trained = trained_tasks(saved)
     untrained = [t.name for t in config.tasks if t.name not in trained]
     return {
@@ -222,18 +250,8 @@ def organ_overlaps(
         ``{organ: {"dice": ..., "iou": ...}}``; an organ empty in both scores 1.
     """
     from ctan.data.openkbp import ORGANS
-    from ctan.data.transforms import resize_values
 
-    logits = torch.from_numpy(np.asarray(output, dtype=np.float32))
-    if task.exclusive:
-        probabilities = torch.softmax(logits, dim=0)
-        probabilities = torch.zeros_like(probabilities).scatter_(
-            0, probabilities.argmax(dim=0, keepdim=True), 1.0
-        )
-    else:
-        probabilities = torch.sigmoid(logits)
-    size = tuple(hi - lo for lo, hi in box)
-    predicted = resize_values(probabilities.numpy(), size) > threshold
+    predicted = organ_masks(task, output, box, threshold)
     window = tuple(slice(lo, hi) for lo, hi in box)
     out = {}
     for channel, organ in enumerate(ORGANS[: task.classes]):
@@ -248,6 +266,38 @@ def organ_overlaps(
             "iou": both / union if union else 1.0,
         }
     return out
+
+
+def organ_masks(
+    task: TaskSpec,
+    output: np.ndarray,
+    box: tuple[tuple[int, int], ...],
+    threshold: float = 0.5,
+) -> np.ndarray:
+    """The organ masks of one patient over ``box`` on the native grid.
+
+    Args:
+        task: the organ segmentation task (channels in ``ctan.data.openkbp.ORGANS`` order).
+        output: the task's logits over the box on the model grid, ``(C, X', Y', Z')``.
+        box: the patient's crop box.
+        threshold: sigmoid probability above which a voxel belongs to an organ
+            (``exclusive=False``); exclusive tasks take the argmax.
+
+    Returns:
+        ``bool (C, X, Y, Z)``, the box's size on the native grid.
+    """
+    from ctan.data.transforms import resize_values
+
+    logits = torch.from_numpy(np.asarray(output, dtype=np.float32))
+    if task.exclusive:
+        probabilities = torch.softmax(logits, dim=0)
+        probabilities = torch.zeros_like(probabilities).scatter_(
+            0, probabilities.argmax(dim=0, keepdim=True), 1.0
+        )
+    else:
+        probabilities = torch.sigmoid(logits)
+    size = tuple(hi - lo for lo, hi in box)
+    return resize_values(probabilities.numpy(), size) > threshold
 
 
 @dataclass
@@ -286,6 +336,16 @@ class PatientOutputs:
         dose = np.clip(to_native(self.outputs[task][0], self.box), 0.0, None)
         return dose * possible
 
+    def native_organs(self, task: TaskSpec) -> np.ndarray:
+        """The organ masks of segmentation ``task`` on the native grid, ``bool (C, 128, 128,
+        128)`` (channels in ``ctan.data.openkbp.ORGANS`` order), empty outside the crop box."""
+        from ctan.data.openkbp import GRID
+
+        masks = np.zeros((task.classes, GRID, GRID, GRID), dtype=bool)
+        window = tuple(slice(lo, hi) for lo, hi in self.box)
+        masks[(slice(None), *window)] = organ_masks(task, self.outputs[task.name], self.box)
+        return masks
+
 
 def assemble_patients(
     cases: Sequence[Case], predictions: Mapping[str, Mapping[str, np.ndarray]], tasks: list[str]
@@ -308,42 +368,54 @@ def assemble_patients(
     return out
 
 
-def predict_to_folder(checkpoint: Path, input_path: Path, out: Path) -> list[Path]:
+def predict_to_folder(
+    checkpoint: Path, input_path: Path, out: Path, device: str | None = None
+) -> list[Path]:
     """Run a checkpoint on new data and write its predictions under ``out``.
 
-    Writes ``<task>/<case>.png`` (2D) or ``<task>/<case>.nii.gz`` (3D) for segmentation
-    (binary or label maps; multi-label tasks as one NIfTI with a channel per structure),
-    ``<task>/<case>.nii.gz`` for other pixel maps, ``dose/<patient>.csv`` in the OpenKBP
-    submission format for OpenKBP dose, and ``predictions.csv`` with class probabilities.
-    Tasks whose heads were never trained (a federated site's model predicts only its own
-    tasks) are left out with a warning.
+    Image inputs (a file, or a folder of ``.png``, ``.jpg``, ``.nii[.gz]``, ``.mha``, ``.mhd``,
+    ``.nrrd`` files) get one file per pixel task and image, ``<task>/<case>``, ``<case>`` being
+    the file's name without its suffix, on the input image's own grid (its size; nearest
+    neighbour for segmentation, linear for other maps):
+
+    * 2D segmentation with one map (binary masks as 0/1, exclusive label maps as class
+      indices): ``.png`` of the input's width and height;
+    * everything else: gzipped ``.nii.gz`` with the input's affine (PNG and JPEG have none: the
+      identity), multi-label masks (0/1) and multi-channel maps with one channel per structure
+      on the fourth axis.
+
+    OpenKBP patients get, on the native 128^3 grid, ``<task>/<patient>.csv`` in the submission
+    format for dose and ``<task>/<patient>.nii.gz`` for organs: ``uint8 (128, 128, 128, C)``,
+    0/1 per organ in ``ctan.data.openkbp.ORGANS`` order, axes as the OpenKBP arrays, voxel size
+    from ``voxel_dimensions.csv`` (OpenKBP records no position: origin 0).
+
+    ``predictions.csv`` holds class probabilities of image-level tasks. Tasks whose heads were
+    never trained (a federated site's model predicts only its own tasks) are left out with a
+    warning. Nothing is written into ``input_path``: preprocessed arrays are cached in a
+    temporary folder, removed afterwards.
+
+    Args:
+        checkpoint: the checkpoint file.
+        input_path: an image file, a folder of them, or an OpenKBP folder for OpenKBP models.
+        out: the output folder (created).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` instead of the checkpoint's
+            ``train.device``; ``None`` keeps it.
 
     Raises:
         FileNotFoundError: ``input_path`` does not exist.
-        ValueError: no usable image in ``input_path``, an image of the wrong dimensionality,
-            or a federated global model without trained heads.
+        ValueError: no usable image in ``input_path``, an unreadable image or one of the wrong
+            dimensionality (named), two images with the same name but for the suffix (both
+            named), a federated global model without trained heads, or an unusable ``device``.
     """
     saved = load_checkpoint(checkpoint)
     require_trained_heads(saved, checkpoint)
-    config = saved.config
     input_path = Path(input_path)
     if not input_path.exists():
         raise FileNotFoundError(f"prediction input {str(input_path)!r} does not exist")
-    if config.data is not None and config.data.format == "openkbp":
-        config = config.model_copy(
-            update={
-                "data": config.data.model_copy(
-                    update={"root": input_path, "phantom": None, "cache_dir": None}
-                )
-            }
-        )
-        from ctan.data.dataset import build_cases
-
-        cases = list(build_cases(config))
-    else:
-        config, cases = _image_cases(config, input_path)
-    trainer = trainer_for(saved, config)
-    predictions = collect_predictions(trainer, config, cases)
+    trainer = trainer_for(saved, device=device)
+    with tempfile.TemporaryDirectory(prefix="ctan-predict-") as cache:
+        config, cases = _prediction_cases(saved.config, input_path, Path(cache))
+        predictions = collect_predictions(trainer, config, cases)
     trained = trained_tasks(saved)
     untrained = [t.name for t in config.tasks if t.name not in trained]
     if untrained:
@@ -355,22 +427,18 @@ def predict_to_folder(checkpoint: Path, input_path: Path, out: Path) -> list[Pat
         )
     tasks = [t for t in config.tasks if t.name in trained]
     out = Path(out)
-    written: list[Path] = []
     if config.data.format == "openkbp":
-        dose_tasks = [t.name for t in tasks if t.kind == "regression" and t.label == "dose"]
-        from ctan.data.openkbp import write_dose_csv
-
-        for patient in assemble_patients(cases, predictions, dose_tasks):
-            for task in dose_tasks:
-                path = out / task / f"{patient.patient_id}.csv"
-                written.append(write_dose_csv(patient.native_dose(task), path))
+        written = _write_openkbp(tasks, cases, predictions, out)
     else:
-        for case in cases:
-            for task in tasks:
-                if task.is_pixel_task:
-                    written.append(
-                        _write_map(task, case, predictions[case.case_id][task.name], out)
-                    )
+        from ctan.data.dataset import make_reader
+
+        axis_order = make_reader(config).axis_order
+        written = [
+            _write_map(task, case, predictions[case.case_id][task.name], out, axis_order)
+            for case in cases
+            for task in tasks
+            if task.is_pixel_task
+        ]
     rows = _probability_rows(tasks, cases, predictions)
     if rows:
         buffer = io.StringIO()
@@ -385,9 +453,21 @@ def predict_to_folder(checkpoint: Path, input_path: Path, out: Path) -> list[Pat
     return written
 
 
-def _image_cases(config: Config, input_path: Path) -> tuple[Config, list[Case]]:
-    """Cases for image files given directly, preprocessed by the checkpoint's reader."""
-    from ctan.data.imageio import image_loader
+def _prediction_cases(config: Config, input_path: Path, cache: Path) -> tuple[Config, list[Case]]:
+    """The config to predict under (data at ``input_path``, cached in ``cache``) and its cases."""
+    if config.data is None or config.data.format != "openkbp":
+        return _image_cases(config, input_path, cache)
+    from ctan.data.dataset import build_cases
+
+    data = config.data.model_copy(update={"root": input_path, "phantom": None, "cache_dir": cache})
+    config = config.model_copy(update={"data": data})
+    return config, list(build_cases(config))
+
+
+def _image_cases(config: Config, input_path: Path, cache: Path) -> tuple[Config, list[Case]]:
+    """Cases for image files given directly, preprocessed by the checkpoint's reader; each
+    case's ``meta`` keeps its file's grid (``input_shape`` in index order, ``affine``)."""
+    from ctan.data.imageio import file_affine, image_loader
 
     files = (
         [input_path]
@@ -398,19 +478,37 @@ def _image_cases(config: Config, input_path: Path) -> tuple[Config, list[Case]]:
         raise ValueError(
             f"{input_path} holds no image; expected files ending in {', '.join(IMAGE_SUFFIXES)}"
         )
+    _refuse_shared_stems(files)
     data_format = config.data.format if config.data is not None else "manifest"
     expected = INPUT_DIMS.get(data_format, config.model.spatial_dims)
     loader = image_loader()
+    cases = []
     for path in files:
-        dims = loader(path).ndim - 1
-        if dims != expected:
+        try:
+            shape = tuple(loader(str(path)).shape[1:])
+        except (RuntimeError, ValueError, OSError) as err:
+            detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(f"{path}: cannot read image ({detail})") from None
+        if len(shape) == expected + 1 and shape[-1] == 1:
+            shape = shape[:-1]
+        if len(shape) != expected:
             raise ValueError(
-                f"{path}: a {dims}D image, but this {config.model.spatial_dims}D "
+                f"{path}: a {len(shape)}D image, but this {config.model.spatial_dims}D "
                 f"{data_format} model expects {expected}D inputs"
             )
+        cases.append(
+            Case(
+                case_id=_stem(path),
+                group=_stem(path),
+                site=None,
+                files={"image": path},
+                meta={"input_shape": shape, "affine": file_affine(path)},
+            )
+        )
     data = {
         "format": data_format,
         "root": str(input_path.parent if input_path.is_file() else input_path),
+        "cache_dir": str(cache),
     }
     config = config.model_copy(
         update={
@@ -423,7 +521,6 @@ def _image_cases(config: Config, input_path: Path) -> tuple[Config, list[Case]]:
             ).data
         }
     )
-    cases = [Case(case_id=_stem(p), group=_stem(p), site=None, files={"image": p}) for p in files]
     return config, cases
 
 
@@ -435,31 +532,117 @@ def _stem(path: Path) -> str:
     return path.stem
 
 
-def _write_map(task: TaskSpec, case: Case, output: np.ndarray, out: Path) -> Path:
-    """Write one pixel prediction ``(classes, *size)``: PNG in 2D binary/label maps, else NIfTI."""
-    tensor = torch.from_numpy(output)
-    if task.kind == "segmentation":
-        if task.exclusive:
-            values = tensor.argmax(dim=0).numpy().astype(np.uint8)
-        else:
-            values = (torch.sigmoid(tensor) > 0.5).numpy().astype(np.uint8)
-            if task.classes == 1:
-                values = values[0] * 255
+def _refuse_shared_stems(files: Sequence[Path]) -> None:
+    """Raise ``ValueError`` naming two files whose predictions would be written to one name
+    (``a.png`` and ``a.jpg``; ``a.png`` and ``A.png`` too, as on a case-insensitive disk)."""
+    first: dict[str, Path] = {}
+    for path in files:
+        earlier = first.setdefault(_stem(path).casefold(), path)
+        if earlier != path:
+            raise ValueError(
+                f"{earlier} and {path} would both be predicted as case {_stem(path)!r}; rename "
+                "one of them or predict them separately"
+            )
+
+
+def _write_openkbp(
+    tasks: Sequence[TaskSpec],
+    cases: Sequence[Case],
+    predictions: Mapping[str, Mapping[str, np.ndarray]],
+    out: Path,
+) -> list[Path]:
+    """Per patient on the native grid: dose as submission CSVs, organ masks as NIfTI."""
+    from ctan.data.openkbp import read_voxel_dimensions, write_dose_csv
+
+    dose = [t for t in tasks if t.kind == "regression" and t.label == "dose"]
+    organs = [t for t in tasks if t.kind == "segmentation" and t.label == "organs"]
+    written = {t.name for t in dose + organs}
+    skipped = [t.name for t in tasks if t.is_pixel_task and t.name not in written]
+    if skipped:
+        logger.warning("OpenKBP predictions are dose or organs; not written: %s", skipped)
+    paths = []
+    for patient in assemble_patients(cases, predictions, sorted(written)):
+        for task in dose:
+            path = out / task.name / f"{patient.patient_id}.csv"
+            paths.append(write_dose_csv(patient.native_dose(task.name), path))
+        if not organs:
+            continue
+        spacing = read_voxel_dimensions(patient.folder / "voxel_dimensions.csv")
+        affine = np.diag([*spacing, 1.0])
+        for task in organs:
+            masks = np.moveaxis(patient.native_organs(task), 0, -1).astype(np.uint8)
+            path = out / task.name / f"{patient.patient_id}.nii.gz"
+            paths.append(_write_nifti(path, masks, affine))
+    return paths
+
+
+#: torch's linear interpolation mode by number of spatial dimensions
+LINEAR_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
+
+
+def _resample(values: torch.Tensor, size: Sequence[int], nearest: bool) -> torch.Tensor:
+    """Resample ``(C, *spatial)`` to ``(C, *size)``: nearest neighbour or linear."""
+    if tuple(values.shape[1:]) == tuple(size):
+        return values
+    if nearest:
+        resized = torch.nn.functional.interpolate(
+            values[None], size=tuple(size), mode="nearest-exact"
+        )
     else:
-        values = output.astype(np.float32)
-    if values.ndim == 2:
+        resized = torch.nn.functional.interpolate(
+            values[None], size=tuple(size), mode=LINEAR_MODES[len(size)], align_corners=False
+        )
+    return resized[0]
+
+
+def _write_map(task: TaskSpec, case: Case, output: np.ndarray, out: Path, axis_order: str) -> Path:
+    """Write one pixel prediction on the grid of the case's input file.
+
+    Args:
+        task: a segmentation or regression task.
+        case: an image case whose ``meta`` holds ``input_shape`` (index order) and ``affine``.
+        output: the raw output ``(classes, *image_size)``, spatial axes in ``axis_order``.
+        out: the output folder.
+        axis_order: the reader's :attr:`~ctan.data.reader.FormatReader.axis_order`.
+
+    Returns:
+        ``out/<task>/<case>.png`` for 2D segmentation with one map, else ``.nii.gz``.
+    """
+    spatial = output.ndim - 1
+    logits = torch.from_numpy(np.asarray(output, dtype=np.float32))
+    if axis_order == "zyx":
+        logits = logits.permute(0, *range(spatial, 0, -1))
+    size = case.meta["input_shape"]
+    if task.kind == "segmentation":
+        maps = logits.argmax(0, keepdim=True) if task.exclusive else torch.sigmoid(logits) > 0.5
+        values = _resample(maps.float(), size, nearest=True).to(torch.uint8).numpy()
+    else:
+        values = _resample(logits, size, nearest=False).numpy()
+    channels = values.shape[0]
+    if task.kind == "segmentation" and channels == 1 and spatial == 2:
         from PIL import Image
 
         path = out / task.name / f"{case.case_id}.png"
         buffer = io.BytesIO()
-        Image.fromarray(values).save(buffer, format="PNG")
+        Image.fromarray(np.ascontiguousarray(values[0].T)).save(buffer, format="PNG")
         return atomic_write_bytes(path, lambda f: f.write(buffer.getvalue()))
+    if channels == 1:
+        array = values[0]
+    else:
+        volume = values.reshape(channels, *size, *(1,) * (3 - len(size)))
+        array = np.moveaxis(volume, 0, -1)
+    return _write_nifti(out / task.name / f"{case.case_id}.nii.gz", array, case.meta["affine"])
+
+
+def _write_nifti(path: Path, array: np.ndarray, affine: np.ndarray) -> Path:
+    """Write ``array`` (index order ``(x, y, z[, c])``) as a gzipped NIfTI, atomically."""
     import nibabel as nib
 
-    array = np.moveaxis(values, 0, -1) if values.ndim == output.ndim else values
-    path = out / task.name / f"{case.case_id}.nii.gz"
-    image = nib.Nifti1Image(array, affine=np.eye(4))
-    return atomic_write_bytes(path, lambda f: f.write(image.to_bytes()))  # type: ignore[arg-type]
+    image = nib.Nifti1Image(array, affine)
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    data = gzip.compress(image.to_bytes(), mtime=0)
+    return atomic_write_bytes(path, lambda f: f.write(data))
 
 
 def _probability_rows(

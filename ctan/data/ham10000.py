@@ -133,6 +133,7 @@ class Ham10000Reader(FormatReader):
     """Reads the HAM10000 release (see the module docstring for layouts and keys)."""
 
     version = "1"
+    axis_order = "zyx"
 
     @property
     def labels(self) -> Mapping[str, LabelInfo]:

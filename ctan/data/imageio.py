@@ -12,13 +12,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 from monai.data import ImageReader, NibabelReader, PILReader
 from monai.transforms import LoadImage
 from monai.utils import MetaKeys, ensure_tuple
+from nibabel.filebasedimages import ImageFileError
 
-__all__ = ["SimpleITKReader", "image_loader", "read_sitk"]
+__all__ = ["SimpleITKReader", "file_affine", "image_loader", "read_sitk"]
 
 SITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".dcm", ".nii", ".nii.gz")
 
@@ -48,13 +50,43 @@ def read_sitk(path: Path) -> sitk.Image:
         raise ValueError(f"{path}: cannot read image ({detail})") from None
 
 
-def _affine(image: sitk.Image) -> np.ndarray:
+def _affine(image: sitk.Image | sitk.ImageFileReader) -> np.ndarray:
     dims = image.GetDimension()
     direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(dims, dims)
     affine = np.eye(dims + 1)
     affine[:dims, :dims] = direction * np.asarray(image.GetSpacing())
     affine[:dims, dims] = image.GetOrigin()
     return affine
+
+
+def file_affine(path: Path) -> np.ndarray:
+    """The ``(4, 4)`` matrix from an image file's voxel indices ``(x, y, z)`` to NIfTI world
+    coordinates (RAS, mm), so an image written on the same grid lies where the file does.
+
+    NIfTI gives its own; MHA/MHD/NRRD give spacing, origin and direction, in ITK's LPS world;
+    PNG and JPEG record no geometry and give the identity. 2D grids fill the upper-left block.
+
+    Raises:
+        ValueError: the file's header cannot be read (the file is named).
+    """
+    path = Path(path)
+    name = path.name.lower()
+    try:
+        if name.endswith((".nii", ".nii.gz")):
+            return np.asarray(nib.load(path).affine, dtype=np.float64)
+        if not name.endswith(SITK_SUFFIXES):
+            return np.eye(4)
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+    except (RuntimeError, OSError, ImageFileError) as err:
+        raise ValueError(f"{path}: cannot read the image header ({err})") from None
+    dims = reader.GetDimension()
+    lps = np.eye(4)
+    grid = _affine(reader)
+    lps[:dims, :dims] = grid[:dims, :dims]
+    lps[:dims, 3] = grid[:dims, dims]
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
 
 
 class SimpleITKReader(ImageReader):

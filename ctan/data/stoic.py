@@ -81,6 +81,7 @@ class StoicReader(FormatReader):
     """Reads STOIC2021 (see the module docstring for layout and keys)."""
 
     version = "1"
+    axis_order = "zyx"
 
     @property
     def labels(self) -> Mapping[str, LabelInfo]:
