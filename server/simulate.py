@@ -9,8 +9,8 @@ telemetry, update checks and runtime dependency installation off), submits the a
 its PID and every helper of it (SuperExec, the simulation runtime, Ray's processes, found by the
 private home), also on failure, Ctrl-C or SIGTERM; signals are ignored while it cleans up, so a
 second Ctrl-C cannot leave processes behind. The private home is removed at the end unless the
-run failed (its logs stay) or ``--keep-flwr-home`` is given.
-``flwr run .`` from the project root works as well.
+run failed (its logs stay) or ``--keep-flwr-home`` is given. ``--resume`` without a server state
+to resume is refused before anything starts. ``flwr run .`` from the project root works as well.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from ctan.config import load_config
+from ctan.config import Config, load_config
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONNECTION = "simulation"
@@ -314,6 +314,22 @@ def signals_ignored() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
+def require_state_to_resume(config: Config, output_dir: Path | None) -> None:
+    """Refuse ``--resume`` before anything starts when there is no server state to resume.
+
+    Raises:
+        FileNotFoundError: names ``<output dir>/<federation id>/server-state.pt``.
+    """
+    from server.rounds import STATE_NAME
+
+    base = output_dir.resolve() if output_dir is not None else config.experiment.output_dir
+    state = base / config.federation.id / STATE_NAME
+    if not state.is_file():
+        raise FileNotFoundError(
+            f"nothing to resume: {state} does not exist (start the run without --resume)"
+        )
+
+
 def simulate(
     config_path: Path,
     rounds: int,
@@ -328,6 +344,7 @@ def simulate(
     Raises:
         ValueError: the config has no sites, its sites do not fit its partition, or it asks
             for a GPU this machine lacks.
+        FileNotFoundError: ``resume`` is set but there is no server state to resume.
     """
     import torch
 
@@ -343,6 +360,8 @@ def simulate(
     problems = partition_problems(config, partition)
     if problems:
         raise ValueError(f"{config_path}: " + "; ".join(problems))
+    if resume:
+        require_state_to_resume(config, output_dir)
     sites = len(config.federation.sites)
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     cpus, gpu_share = site_resources(
@@ -450,7 +469,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--state-dir", type=Path, help="site state folder (default: <output_dir>/site-state)"
     )
-    parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run (needs <output_dir>/<federation id>/server-state.pt)",
+    )
     parser.add_argument(
         "--keep-flwr-home",
         action="store_true",

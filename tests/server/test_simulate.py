@@ -105,6 +105,18 @@ def test_a_bad_rounds_value_is_refused_before_anything_starts(
     assert f"--rounds must be a whole number >= 1, got {rounds!r}" in capsys.readouterr().err
 
 
+def test_resume_without_a_server_state_is_refused_before_anything_starts(
+    ham_phantom: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = federation_yaml(ham_phantom, tmp_path, rounds=1)
+    output = tmp_path / "out"
+    assert main(["--config", str(path), "--output-dir", str(output), "--resume"]) == 2
+    captured = capsys.readouterr()
+    expected = output / "sim-test" / "server-state.pt"
+    assert f"nothing to resume: {expected} does not exist" in captured.err
+    assert "private FLWR_HOME" not in captured.out
+
+
 def test_a_ray_agent_that_ignores_sigterm_is_found_by_its_open_log_and_killed(
     tmp_path: Path,
 ) -> None:
