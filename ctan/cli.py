@@ -82,11 +82,22 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_run_train)
 
 
+def _add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="auto (default: a GPU where there is one, else the CPU), cpu, cuda or cuda:N; the "
+        "checkpoint's train.device is where it trained, not where it must run",
+    )
+
+
 def _run_evaluate(args: argparse.Namespace) -> int:
     from ctan.prediction import evaluate_checkpoint
     from ctan.report import json_safe
 
-    scores = evaluate_checkpoint(args.checkpoint, data_config=args.data, split=args.split)
+    scores = evaluate_checkpoint(
+        args.checkpoint, data_config=args.data, split=args.split, device=args.device
+    )
     print(json.dumps(json_safe(scores), indent=2))
     return 0
 
@@ -110,13 +121,14 @@ def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
         default="test",
         help="which split (default: test)",
     )
+    _add_device(parser)
     parser.set_defaults(handler=_run_evaluate)
 
 
 def _run_predict(args: argparse.Namespace) -> int:
     from ctan.prediction import predict_to_folder
 
-    written = predict_to_folder(args.checkpoint, args.input, args.out)
+    written = predict_to_folder(args.checkpoint, args.input, args.out, device=args.device)
     print(f"wrote {len(written)} files to {args.out}")
     return 0
 
@@ -128,14 +140,16 @@ def _register_predict(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Run a checkpoint on an image file or a folder of images (PNG/JPEG, NIfTI, MHA) or, "
             "for OpenKBP models, a folder of pt_N/ patient folders (or of train-pats/, "
-            "validation-pats/, test-pats/). Writes segmentation "
-            "masks (PNG for 2D, NIfTI for 3D), dose in the OpenKBP submission CSV format and "
-            "class probabilities in predictions.csv."
+            "validation-pats/, test-pats/). Writes each prediction on its input's own grid: "
+            "2D masks as PNG, other maps as gzipped NIfTI with the input's affine; for OpenKBP, "
+            "dose in the submission CSV format and organ masks as NIfTI on the native grid; "
+            "class probabilities in predictions.csv. Nothing is written into the input folder."
         ),
     )
     parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint (.pt)")
     parser.add_argument("--input", type=Path, required=True, help="image file or folder")
     parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
+    _add_device(parser)
     parser.set_defaults(handler=_run_predict)
 
 

@@ -35,8 +35,9 @@ logger = logging.getLogger(__name__)
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when available, else the CPU.
+def resolve_device(name: str, setting: str = "train.device") -> torch.device:
+    """``auto`` picks CUDA when available, else the CPU; ``setting`` names where ``name`` came
+    from, for the error.
 
     Raises:
         ValueError: CUDA was asked for but is not available.
@@ -45,7 +46,7 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device is {name!r} but CUDA is not available; use 'auto' or 'cpu'")
+        raise ValueError(f"{setting} is {name!r} but CUDA is not available; use 'auto' or 'cpu'")
     return device
 
 

@@ -67,7 +67,7 @@ def trainer_for(
         config.tasks,
         config.train,
         companions=companions(config),
-        device=resolve_device(device) if device is not None else None,
+        device=resolve_device(device, "the device asked for") if device is not None else None,
     )
 
 
@@ -378,8 +378,9 @@ def predict_to_folder(
     the file's name without its suffix, on the input image's own grid (its size; nearest
     neighbour for segmentation, linear for other maps):
 
-    * 2D segmentation with one map (binary masks as 0/1, exclusive label maps as class
-      indices): ``.png`` of the input's width and height;
+    * 2D segmentation with one map (binary masks as 0/255, as HAM10000's own masks and
+      viewers have them; exclusive label maps as class indices): ``.png`` of the input's width
+      and height;
     * everything else: gzipped ``.nii.gz`` with the input's affine (PNG and JPEG have none: the
       identity), multi-label masks (0/1) and multi-channel maps with one channel per structure
       on the fourth axis.
@@ -595,6 +596,10 @@ def _resample(values: torch.Tensor, size: Sequence[int], nearest: bool) -> torch
     return resized[0]
 
 
+#: the value of foreground pixels in a binary PNG mask (background 0)
+BINARY_PNG_FOREGROUND = 255
+
+
 def _write_map(task: TaskSpec, case: Case, output: np.ndarray, out: Path, axis_order: str) -> Path:
     """Write one pixel prediction on the grid of the case's input file.
 
@@ -623,8 +628,9 @@ def _write_map(task: TaskSpec, case: Case, output: np.ndarray, out: Path, axis_o
         from PIL import Image
 
         path = out / task.name / f"{case.case_id}.png"
+        mask = values[0].T if task.exclusive else values[0].T * BINARY_PNG_FOREGROUND
         buffer = io.BytesIO()
-        Image.fromarray(np.ascontiguousarray(values[0].T)).save(buffer, format="PNG")
+        Image.fromarray(np.ascontiguousarray(mask)).save(buffer, format="PNG")
         return atomic_write_bytes(path, lambda f: f.write(buffer.getvalue()))
     if channels == 1:
         array = values[0]

@@ -320,7 +320,7 @@ def test_a_2d_mask_keeps_the_input_orientation_and_size(tmp_path: Path, bright_s
     predict_to_folder(checkpoint, tmp_path / "in", tmp_path / "out")
     with Image.open(tmp_path / "out" / "lesion" / "wide.png") as mask:
         assert mask.size == (128, 64)
-        assert np.array_equal(np.asarray(mask), truth), "a 0/1 mask over the input"
+        assert np.array_equal(np.asarray(mask), truth * 255), "a 0/255 mask over the input"
 
 
 def test_a_2d_nifti_with_a_trailing_singleton_axis_is_predicted(tmp_path: Path, bright_segmenter):
@@ -331,7 +331,7 @@ def test_a_2d_nifti_with_a_trailing_singleton_axis_is_predicted(tmp_path: Path, 
     nib.save(nib.Nifti1Image(truth, np.eye(4)), tmp_path / "slice.nii.gz")
     predict_to_folder(checkpoint, tmp_path / "slice.nii.gz", tmp_path / "out")
     with Image.open(tmp_path / "out" / "lesion" / "slice.png") as mask:
-        assert np.array_equal(np.asarray(mask), truth[..., 0].T.astype(np.uint8))
+        assert np.array_equal(np.asarray(mask), truth[..., 0].T.astype(np.uint8) * 255)
 
 
 def test_ham10000_masks_have_the_size_of_their_images(tmp_path: Path, bright_segmenter):
@@ -350,8 +350,8 @@ def test_ham10000_masks_have_the_size_of_their_images(tmp_path: Path, bright_seg
     assert files_under(images) == before, "predicting wrote into the input folder"
     with Image.open(tmp_path / "out" / "lesion" / "ISIC_0000001.png") as mask:
         values = np.asarray(mask)
-    assert values.shape == truth.shape and set(np.unique(values)) == {0, 1}
-    assert np.mean(values != truth) < 0.02
+    assert values.shape == truth.shape and set(np.unique(values)) == {0, 255}
+    assert np.mean((values == 255) != truth) < 0.02
     assert (tmp_path / "out" / "predictions.csv").is_file()
 
 
@@ -385,3 +385,8 @@ def test_predict_runs_on_the_device_asked_for(tmp_path: Path):
     assert [p.relative_to(tmp_path / "out").as_posix() for p in written] == ["lesion/x.png"]
     with pytest.raises(ValueError, match="allowed"):
         predict_to_folder(checkpoint, tmp_path / "x.png", tmp_path / "o", device="cuda:x")
+    from ctan.cli import main
+
+    command = ["predict", "--checkpoint", str(checkpoint), "--input", str(tmp_path / "x.png")]
+    assert main([*command, "--out", str(tmp_path / "cli")]) == 0, "auto, whatever it trained on"
+    assert (tmp_path / "cli" / "lesion" / "x.png").is_file()

@@ -73,7 +73,8 @@ def test_predict_command_writes_masks_and_probabilities(trained_run, ham_phantom
     )
     masks = sorted((out / "lesion").glob("*.png"))
     assert [m.stem for m in masks] == [i.stem for i in images]
-    assert Image.open(masks[0]).size == (32, 32)
+    with Image.open(masks[0]) as mask, Image.open(images[0]) as image:
+        assert mask.size == image.size, "a mask lies over its image"
     rows = (out / "predictions.csv").read_text().splitlines()
     assert rows[0].startswith("case_id,diagnosis_class,diagnosis_p0") and len(rows) == 4
 
