@@ -13,8 +13,11 @@ federation before the hospitals join.
         --work runs/local-tls --cases 60
 
 Each site named in the YAML's ``federation.sites`` joins with phantom data of the YAML's
-``data.format`` written for it alone (``--cases`` cases, seed = site index + 1); the run folder
-lands under ``--work``/runs/<federation id>/.
+``data.format`` written for it alone (``--cases`` cases, seed = site index + 1), all written
+before anything starts; the run folder lands under ``--work``/runs/<federation id>/. Running
+again in the same ``--work`` reuses its certificates, site keys and phantom data; the SuperLink
+starts with a fresh state, so the keys are registered anew. Expected failures end with a
+one-line error and exit code 1.
 """
 
 from __future__ import annotations
@@ -36,10 +39,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+from server.simulate import signals_ignored, terminate_as_exit  # noqa: E402
+
 SCRIPTS = ROOT / "scripts"
 FLOWER_BIN = Path(sys.executable).parent
 #: data formats the phantom generators write (``ctan data synth``)
 PHANTOM_LAYOUTS = ("ham10000", "openkbp", "stoic")
+#: what ``make_certificates.sh`` writes and the SuperLink needs
+CERTIFICATE_FILES = ("ca.crt", "server.pem", "server.key")
 #: what a coordinator's app folder holds: this project's code and its configs
 APP_FILES = (
     "ctan",
@@ -159,6 +166,21 @@ def children_of(parent_pid: int) -> list[int]:
     return found
 
 
+def is_superlink(pid: int) -> bool:
+    """Whether ``pid`` is a running ``flower-superlink`` (not a PID reused since)."""
+    try:
+        return b"flower-superlink" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def script_failure(name: str, result: subprocess.CompletedProcess) -> str:
+    """One line saying that script ``name`` failed and why (the last line it printed)."""
+    lines = [line for line in (result.stderr + result.stdout).splitlines() if line.strip()]
+    reason = lines[-1].strip() if lines else f"exit code {result.returncode}"
+    return f"{name} failed: {reason.removeprefix('error: ')}"
+
+
 def stage_app(folder: Path, config: Mapping[str, Any], name: str) -> tuple[Path, Path]:
     """A coordinator's app folder (this project's code) with the run's YAML in ``configs/``.
 
@@ -183,8 +205,9 @@ def stage_app(folder: Path, config: Mapping[str, Any], name: str) -> tuple[Path,
 class LocalFederation:
     """A SuperLink with TLS and SuperNode authentication plus the sites that joined it.
 
-    Use as a context manager: entering makes the certificates and starts the SuperLink;
-    leaving stops every site and the SuperLink (with its detached helpers) by PID.
+    Use as a context manager: entering makes the certificates (or reuses those ``work``
+    holds) and starts the SuperLink with a fresh state database; leaving stops every site and
+    the SuperLink (with its detached helpers) by PID, ignoring further signals meanwhile.
 
     Attributes:
         work: the folder everything is written under (certificates, keys, homes, logs).
@@ -201,6 +224,7 @@ class LocalFederation:
         self.sites: dict[str, subprocess.Popen] = {}
         self.superlink_output = ""
         self._superlink_pid: int | None = None
+        self._pid_before: int | None = None
 
     @property
     def ca(self) -> Path:
@@ -208,10 +232,36 @@ class LocalFederation:
         return self.work / "certs" / "ca.crt"
 
     def __enter__(self) -> LocalFederation:
+        """Make (or reuse) the certificates and start the SuperLink with a fresh state.
+
+        Whatever fails or interrupts this (Ctrl-C, SIGTERM turned into ``SystemExit``) stops
+        what was started before the error goes on: the SuperLink runs in a session of its own
+        and would outlive this process otherwise.
+        """
+        try:
+            self._start()
+        except BaseException:
+            self._adopt_superlink()
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def _start(self) -> None:
+        self._pid_before = self._pid_in_file()
+        if self._pid_before is not None and is_superlink(self._pid_before):
+            raise RuntimeError(
+                f"a SuperLink from {self.home} still runs as PID {self._pid_before}; stop it "
+                f"with scripts/stop_superlink.sh --home {self.home}"
+            )
         self.work.mkdir(parents=True, exist_ok=True)
-        made = run_script("make_certificates.sh", "--out", str(self.work / "certs"), cwd=self.work)
-        if made.returncode != 0:
-            raise RuntimeError(f"make_certificates.sh failed: {made.stderr.strip()}")
+        if not all((self.work / "certs" / name).is_file() for name in CERTIFICATE_FILES):
+            made = run_script(
+                "make_certificates.sh", "--out", str(self.work / "certs"), cwd=self.work
+            )
+            if made.returncode != 0:
+                raise RuntimeError(script_failure("make_certificates.sh", made))
+        for database in self.home.glob("state.db*"):
+            database.unlink()
         self.port = free_port()
         started = run_script(
             "start_superlink.sh",
@@ -225,44 +275,57 @@ class LocalFederation:
             timeout=90,
         )
         self.superlink_output = started.stdout + started.stderr
-        pid_file = self.home / "superlink.pid"
-        if pid_file.exists():
-            self._superlink_pid = int(pid_file.read_text())
         if started.returncode != 0:
-            self.__exit__(None, None, None)
-            raise RuntimeError(f"start_superlink.sh failed: {started.stdout}{started.stderr}")
-        return self
+            raise RuntimeError(script_failure("start_superlink.sh", started))
+        self._adopt_superlink()
+
+    def _pid_in_file(self) -> int | None:
+        """The PID in ``superlink.pid``, if there is one."""
+        try:
+            return int((self.home / "superlink.pid").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _adopt_superlink(self) -> None:
+        """Take the SuperLink that ``start_superlink.sh`` started (its PID file names a PID
+        other than before) as this federation's, to stop on leaving."""
+        pid = self._pid_in_file()
+        if pid is not None and pid != self._pid_before:
+            self._superlink_pid = pid
 
     def __exit__(self, *exc: object) -> None:
-        for process in self.sites.values():
-            stop_process(process)
-        if self._superlink_pid is not None:
-            helpers = children_of(self._superlink_pid)
-            run_script("stop_superlink.sh", "--home", str(self.home), cwd=self.work)
-            for group in (self._superlink_pid, *helpers):
-                stop_group(group)
-            self._superlink_pid = None
+        with signals_ignored():
+            for process in self.sites.values():
+                stop_process(process)
+            if self._superlink_pid is not None:
+                helpers = children_of(self._superlink_pid)
+                run_script("stop_superlink.sh", "--home", str(self.home), cwd=self.work)
+                for group in (self._superlink_pid, *helpers):
+                    stop_group(group)
+                self._superlink_pid = None
 
     def make_key(self, name: str) -> Path:
-        """A site's key pair (``make_site_key.sh``); returns the private key's path."""
+        """A site's key pair (``make_site_key.sh``, or the one an earlier run made); returns the
+        private key's path."""
         out = self.work / f"key-{name}"
-        made = run_script("make_site_key.sh", "--out", str(out), "--name", name, cwd=self.work)
-        if made.returncode != 0:
-            raise RuntimeError(f"make_site_key.sh failed: {made.stderr.strip()}")
+        if not ((out / "node").is_file() and (out / "node.pub").is_file()):
+            made = run_script("make_site_key.sh", "--out", str(out), "--name", name, cwd=self.work)
+            if made.returncode != 0:
+                raise RuntimeError(script_failure("make_site_key.sh", made))
         return out / "node"
 
     def register(self, key: Path) -> str:
         """Register a site's public key with the SuperLink; returns its node id."""
         done = run_script("register_site.sh", "--home", str(self.home), f"{key}.pub", cwd=self.work)
         if done.returncode != 0:
-            raise RuntimeError(f"register_site.sh failed: {done.stdout}{done.stderr}")
+            raise RuntimeError(script_failure("register_site.sh", done))
         return next(word for word in done.stdout.split() if word.isdigit())
 
     def node_statuses(self) -> dict[str, str]:
         """``{node id: status}`` of every registered site (``list_sites.sh --json``)."""
         listed = run_script("list_sites.sh", "--home", str(self.home), "--json", cwd=self.work)
         if listed.returncode != 0:
-            raise RuntimeError(f"list_sites.sh failed: {listed.stdout}{listed.stderr}")
+            raise RuntimeError(script_failure("list_sites.sh", listed))
         return {n["node-id"]: n["status"] for n in json.loads(listed.stdout)["nodes"]}
 
     def join_args(
@@ -337,14 +400,19 @@ class LocalFederation:
         )
 
 
-def phantom_site_root(data_format: str, folder: Path, cases: int, seed: int) -> Path:
-    """One site's own phantom data in the layout ``data_format`` names."""
+def phantom_site_root(data_format: str, work: Path, cases: int, seed: int) -> Path:
+    """One site's own phantom data in the layout ``data_format`` names, under
+    ``<work>/phantoms/<format>-<cases>-cases-seed-<seed>``; the same settings write the same
+    bytes, so a folder an earlier run wrote is used again."""
     from ctan.data.phantoms import write_phantoms
 
     if data_format not in PHANTOM_LAYOUTS:
         raise ValueError(
             f"no phantom layout for data.format {data_format!r}; allowed: {PHANTOM_LAYOUTS}"
         )
+    folder = work / "phantoms" / f"{data_format}-{cases}-cases-seed-{seed}"
+    if folder.is_dir():
+        return folder
     return write_phantoms(data_format, folder, cases=cases, sites=1, seed=seed)
 
 
@@ -352,6 +420,10 @@ def run_local_federation(
     config: Mapping[str, Any], work: Path, cases: int, timeout: float = 3600
 ) -> dict[str, Any]:
     """Stand a federation up, run ``config`` on it and take it down again.
+
+    The phantom data is written before anything starts. Certificates, site keys and phantom
+    data that an earlier run left in ``work`` are used again; the SuperLink starts with a fresh
+    state (the keys are registered anew) and the run gets a new run folder.
 
     Args:
         config: the experiment as a dict (with ``data`` and ``federation`` sections).
@@ -363,30 +435,38 @@ def run_local_federation(
         ``{"run": run folder, "stdout": launch output, "sites": {site: state folder}}``.
 
     Raises:
-        RuntimeError: a step failed or the run did not complete (output included).
+        ValueError: ``cases`` is below 1, or no phantom layout for the data format.
+        RuntimeError: a step failed, or the run did not complete (its output is in
+            ``<work>/launch.log``).
     """
+    if cases < 1:
+        raise ValueError(f"cases per site must be at least 1, got {cases}")
     federation = config["federation"]
     data_format = config["data"]["format"]
+    work = work.resolve()
+    roots = {
+        site["name"]: phantom_site_root(data_format, work, cases, index + 1)
+        for index, site in enumerate(federation["sites"])
+    }
     with LocalFederation(work) as local:
         nodes = []
-        for index, site in enumerate(federation["sites"]):
+        for site in federation["sites"]:
             key = local.make_key(site["name"])
             nodes.append(local.register(key))
-            root = phantom_site_root(
-                data_format, local.work / f"data-{site['name']}", cases, index + 1
-            )
             local.join(
                 site["name"],
-                *local.join_args(site["name"], key, data_format, root, site["tasks"]),
+                *local.join_args(
+                    site["name"], key, data_format, roots[site["name"]], site["tasks"]
+                ),
             )
         local.wait_online(nodes)
         app, path = stage_app(local.work / "app", config, federation["id"])
         output = local.work / "runs"
         launched = local.launch(app, path, output, timeout)
+        log = local.work / "launch.log"
+        log.write_text(launched.stdout + launched.stderr)
         if launched.returncode != 0 or "finished:completed" not in launched.stdout:
-            raise RuntimeError(
-                f"the run did not complete:\n{launched.stdout[-3000:]}{launched.stderr[-2000:]}"
-            )
+            raise RuntimeError(f"{script_failure('launch_run.sh', launched)}; output in {log}")
         run = max((output / federation["id"]).glob("run-*"))
         return {
             "run": run,
@@ -395,25 +475,54 @@ def run_local_federation(
         }
 
 
+def at_least_one(text: str) -> int:
+    """``--cases`` and ``--rounds``: a whole number of at least 1."""
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return number
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    """Rehearse a federation; 0 when its run completed, 1 with a one-line error otherwise."""
+    parser = argparse.ArgumentParser(
+        prog="local_federation.py", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--config", type=Path, required=True, help="experiment YAML (federated)")
-    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "local-federation")
-    parser.add_argument("--cases", type=int, default=60, help="phantom cases per site")
-    parser.add_argument("--rounds", type=int, help="override federation.rounds")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=ROOT / "runs" / "local-federation",
+        help="folder for certificates, site keys, phantom data, site homes, logs and run folders "
+        "(default: runs/local-federation). Running again in the same folder reuses the "
+        "certificates, keys and phantom data, registers the keys with a freshly started "
+        "SuperLink and adds a run folder under runs/<federation id>/",
+    )
+    parser.add_argument(
+        "--cases", type=at_least_one, default=60, help="phantom cases per site (default 60)"
+    )
+    parser.add_argument("--rounds", type=at_least_one, help="override federation.rounds (>= 1)")
     args = parser.parse_args(argv)
 
     from ctan.config import load_config
 
-    config = load_config(args.config).model_dump(mode="json")
+    try:
+        config = load_config(args.config).model_dump(mode="json")
+    except (OSError, ValueError) as err:
+        parser.error(str(err))
     if not config.get("federation", {}).get("sites"):
         parser.error(f"{args.config} has no federation.sites to join")
     if args.rounds is not None:
         config["federation"]["rounds"] = args.rounds
-    from server.simulate import terminate_as_exit
-
-    with terminate_as_exit():
-        result = run_local_federation(config, args.work, args.cases)
+    try:
+        with terminate_as_exit():
+            result = run_local_federation(config, args.work, args.cases)
+    except (RuntimeError, ValueError, OSError, subprocess.TimeoutExpired) as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 1
     print(result["stdout"])
     print(f"run folder: {result['run']}")
     return 0

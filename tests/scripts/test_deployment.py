@@ -14,6 +14,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 from collections.abc import Callable, Iterator
@@ -645,3 +646,157 @@ def test_join_stops_on_a_port_another_supernode_holds(tmp_path: Path) -> None:
         )
     assert runtime.returncode != 0 and "give this one its own --runtime-port" in runtime.stderr
     assert health.returncode != 0 and "another SuperNode's health service" in health.stderr
+
+
+class FakeScripts:
+    """Stands in for ``run_script``: records the scripts run; ``start_superlink.sh`` starts a
+    ``sleep`` in a session of its own as the SuperLink and writes its PID file, like the real
+    one, then fails with ``interrupt`` if one is given (a signal arriving while it waits)."""
+
+    def __init__(self, interrupt: BaseException | None = None) -> None:
+        self.interrupt = interrupt
+        self.ran: list[str] = []
+        self.superlink: subprocess.Popen | None = None
+
+    def __call__(self, name: str, *args: str, cwd: Path, timeout: float = 60):
+        self.ran.append(name)
+        if name == "start_superlink.sh":
+            home = Path(args[args.index("--home") + 1])
+            home.mkdir(parents=True, exist_ok=True)
+            self.superlink = subprocess.Popen(["sleep", "60"], start_new_session=True)
+            threading.Thread(target=self.superlink.wait, daemon=True).start()
+            (home / "superlink.pid").write_text(f"{self.superlink.pid}\n")
+            if self.interrupt is not None:
+                raise self.interrupt
+        return subprocess.CompletedProcess([name], 0, "", "")
+
+    def stop(self) -> None:
+        if self.superlink is not None and self.superlink.poll() is None:
+            self.superlink.kill()
+
+
+def test_an_interrupt_while_the_superlink_starts_stops_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scripts = FakeScripts(interrupt=KeyboardInterrupt())
+    monkeypatch.setattr(local, "run_script", scripts)
+    try:
+        with pytest.raises(KeyboardInterrupt), local.LocalFederation(tmp_path):
+            pass
+        assert scripts.superlink is not None
+        wait_until(lambda: scripts.superlink.poll() is not None, 10, "the SuperLink to stop")
+        assert scripts.ran == ["make_certificates.sh", "start_superlink.sh", "stop_superlink.sh"]
+    finally:
+        scripts.stop()
+
+
+def test_a_second_run_reuses_certificates_and_keys_and_starts_a_fresh_superlink(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in local.CERTIFICATE_FILES:
+        (tmp_path / "certs").mkdir(exist_ok=True)
+        (tmp_path / "certs" / name).write_text("from an earlier run")
+    (tmp_path / "key-a").mkdir()
+    (tmp_path / "key-a" / "node").write_text("private")
+    (tmp_path / "key-a" / "node.pub").write_text("public")
+    (tmp_path / "coordinator").mkdir()
+    (tmp_path / "coordinator" / "state.db").write_text("keys registered by an earlier run")
+    scripts = FakeScripts()
+    monkeypatch.setattr(local, "run_script", scripts)
+    try:
+        with local.LocalFederation(tmp_path) as federation:
+            assert federation.make_key("a") == tmp_path / "key-a" / "node"
+            assert not (tmp_path / "coordinator" / "state.db").exists()
+        assert scripts.ran == ["start_superlink.sh", "stop_superlink.sh"]
+        assert scripts.superlink is not None and scripts.superlink.poll() is not None
+    finally:
+        scripts.stop()
+
+
+def test_phantom_data_of_an_earlier_run_is_used_again(tmp_path: Path) -> None:
+    first = local.phantom_site_root("ham10000", tmp_path, cases=3, seed=2)
+    assert first == tmp_path / "phantoms" / "ham10000-3-cases-seed-2"
+    written = sorted(p.relative_to(first) for p in first.rglob("*"))
+    assert local.phantom_site_root("ham10000", tmp_path, cases=3, seed=2) == first
+    assert sorted(p.relative_to(first) for p in first.rglob("*")) == written
+    assert local.phantom_site_root("ham10000", tmp_path, cases=4, seed=2) != first
+
+
+@pytest.mark.parametrize("option", ["--cases", "--rounds"])
+@pytest.mark.parametrize("value", ["0", "-1", "many"])
+def test_a_bad_count_is_refused_before_anything_starts(
+    option: str, value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "federation.yaml"
+    sites = [{"name": "a", "tasks": ["lesion"]}]
+    config.write_text(yaml.safe_dump(tls_config({"id": "counts", "sites": sites})))
+    work = tmp_path / "work"
+    with pytest.raises(SystemExit) as exited:
+        local.main(["--config", str(config), "--work", str(work), option, value])
+    assert exited.value.code == 2
+    expected = f"argument {option}: must be a whole number >= 1, got {value!r}"
+    assert expected in capsys.readouterr().err
+    assert not work.exists()
+
+
+def test_an_expected_failure_ends_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def no_openssl(name: str, *args: str, cwd: Path, timeout: float = 60):
+        return subprocess.CompletedProcess([name], 1, "", "warning: a\nerror: openssl is needed\n")
+
+    monkeypatch.setattr(local, "run_script", no_openssl)
+    config = tmp_path / "federation.yaml"
+    sites = [{"name": "a", "tasks": ["lesion"]}]
+    config.write_text(yaml.safe_dump(tls_config({"id": "no-openssl", "sites": sites})))
+    work = tmp_path / "work"
+    assert local.main(["--config", str(config), "--work", str(work), "--cases", "2"]) == 1
+    error = capsys.readouterr().err
+    assert error == "local_federation.py: error: make_certificates.sh failed: openssl is needed\n"
+    assert not (work / "coordinator").exists()
+
+
+@pytest.mark.slow
+@NEEDS_TOOLS
+@NEEDS_FLOWER
+def test_sigterm_while_the_superlink_starts_stops_it(tmp_path: Path) -> None:
+    sites = [{"name": "a", "tasks": ["lesion"]}]
+    config = tmp_path / "federation.yaml"
+    config.write_text(yaml.safe_dump(tls_config({"id": "early-sigterm", "sites": sites})))
+    work = tmp_path / "work"
+    command = [sys.executable, str(local.SCRIPTS / "local_federation.py"), "--config", str(config)]
+    process = subprocess.Popen(
+        [*command, "--work", str(work), "--cases", "4"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    pid_file = work / "coordinator" / "superlink.pid"
+    try:
+        deadline = time.monotonic() + 120
+        while not pid_file.is_file() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        pid = int(pid_file.read_text())
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=120) == 128 + signal.SIGTERM
+        assert not local.is_superlink(pid)
+        assert processes_naming(str(work)) == []
+    finally:
+        stop_process(process)
+        for leftover in processes_naming(str(work)):
+            stop_group(leftover)
+
+
+@pytest.mark.slow
+@NEEDS_TOOLS
+@NEEDS_FLOWER
+def test_a_second_federation_in_the_same_folder_registers_the_same_key_again(
+    tmp_path: Path,
+) -> None:
+    nodes, cas = [], []
+    for _ in range(2):
+        with local.LocalFederation(tmp_path) as federation:
+            nodes.append(federation.register(federation.make_key("a")))
+            cas.append(federation.ca.read_bytes())
+            assert federation.node_statuses() == {nodes[-1]: "registered"}
+    assert cas[0] == cas[1]
