@@ -46,18 +46,26 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+#: the longest home path under which Ray's socket paths (about 70 more bytes:
+#: ``/ray/session_<time>_<pid>/sockets/plasma_store``) stay within a Unix socket path's 107
+RAY_TMPDIR_MAX_LENGTH = 36
+
+
 def flower_env(home: Path) -> dict[str, str]:
     """The environment for every Flower process of this simulation.
 
     Ray's temporary folder (``RAY_TMPDIR``: sockets, session logs) lies in the private home too,
     so that Ray's agents, which keep their logs open there, can be told apart from another
-    simulation's, and no session folder is left in the system's ``/tmp/ray``.
+    simulation's, and no session folder is left in the system's ``/tmp/ray``; unless the home's
+    path is so long (a long ``TMPDIR``) that Ray's socket paths below it would pass the 107
+    bytes a Unix socket path may have: Ray then keeps its default folder.
     """
     env = os.environ.copy()
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    if len(str(home)) <= RAY_TMPDIR_MAX_LENGTH:
+        env["RAY_TMPDIR"] = str(home)
     env.update(
         FLWR_HOME=str(home),
-        RAY_TMPDIR=str(home),
         FLWR_TELEMETRY_ENABLED="0",
         FLWR_DISABLE_UPDATE_CHECK="1",
         FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",

@@ -189,3 +189,13 @@ def test_ctrl_c_twice_still_stops_every_process_and_removes_the_home(
         if home is not None:
             stop_leftovers(home)
             shutil.rmtree(home, ignore_errors=True)
+
+
+def test_ray_keeps_its_default_folder_under_a_home_too_long_for_its_sockets() -> None:
+    from server.simulate import flower_env
+
+    assert flower_env(Path("/tmp/ctan-flwr-home-abcdefgh"))["RAY_TMPDIR"] == (
+        "/tmp/ctan-flwr-home-abcdefgh"
+    )
+    long_home = Path("/var/folders/xy/0123456789abcdefghij/T/ctan-flwr-home-abcdefgh")
+    assert flower_env(long_home).get("RAY_TMPDIR") == os.environ.get("RAY_TMPDIR"), "inherited"
