@@ -30,14 +30,13 @@ exchanges the two parotid channels.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
+from ctan.checkpoint import atomic_write_bytes
 from ctan.data.base import Case
 from ctan.data.reader import FormatReader, LabelInfo, ListingProblems, read_sites
 from ctan.data.transforms import resize_labels, resize_values
@@ -216,13 +215,8 @@ def write_dose_csv(dose: np.ndarray, path: Path) -> Path:
     rows = "\n".join(
         f"{i},{v!r}" for i, v in zip(index.tolist(), flat[index].tolist(), strict=True)
     )
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(",data\n" + rows + ("\n" if rows else ""))
-    os.replace(tmp, path)
-    return path
+    text = ",data\n" + rows + ("\n" if rows else "")
+    return atomic_write_bytes(Path(path), lambda file: file.write(text.encode()))
 
 
 class OpenKBPReader(FormatReader):
