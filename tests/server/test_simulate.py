@@ -4,11 +4,8 @@ answers are read, and how a simulation's processes are found and stopped."""
 from __future__ import annotations
 
 import os
-import re
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,11 +14,9 @@ import yaml
 from factories import derm_config
 
 from server.simulate import (
-    PROJECT_ROOT,
     flwr_json,
     main,
     processes_of,
-    running,
     signals_ignored,
     site_resources,
     stop_leftovers,
@@ -149,46 +144,6 @@ def test_cleanup_ignores_a_second_interrupt_and_the_handler_comes_back() -> None
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(1)
     assert exited.value.code == 128 + signal.SIGINT
-
-
-@pytest.mark.slow
-def test_ctrl_c_twice_still_stops_every_process_and_removes_the_home(
-    ham_phantom: Path, tmp_path: Path
-) -> None:
-    path = federation_yaml(ham_phantom, tmp_path, rounds=50)
-    command = [sys.executable, "-m", "server.simulate", "--config", str(path)]
-    command += ["--output-dir", str(tmp_path / "out")]
-    log = tmp_path / "simulate.log"
-    with log.open("w") as output:
-        process = subprocess.Popen(
-            command, cwd=PROJECT_ROOT, stdout=output, stderr=subprocess.STDOUT, text=True
-        )
-    home = None
-    try:
-        deadline = time.monotonic() + 180
-        while "round 1/" not in log.read_text() and time.monotonic() < deadline:
-            assert process.poll() is None, log.read_text()
-            time.sleep(0.5)
-        home = Path(re.search(r"private FLWR_HOME (\S+),", log.read_text()).group(1))
-        agents = [
-            pid
-            for pid in processes_of(home)
-            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::DashboardAgent")
-        ]
-        assert agents, "Ray's dashboard agent was not found by the private home"
-        process.send_signal(signal.SIGINT)
-        time.sleep(1)
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=90) == 128 + signal.SIGINT
-        assert processes_of(home) == []
-        assert not any(running(pid) for pid in agents)
-        assert not home.exists()
-    finally:
-        process.kill()
-        process.wait()
-        if home is not None:
-            stop_leftovers(home)
-            shutil.rmtree(home, ignore_errors=True)
 
 
 def test_ray_keeps_its_default_folder_under_a_home_too_long_for_its_sockets() -> None:

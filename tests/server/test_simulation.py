@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +24,7 @@ from ctan.checkpoint import load_checkpoint
 from ctan.config import load_config
 from ctan.models import build_model, parameter_groups
 from server.rounds import load_state
-from server.simulate import PROJECT_ROOT, processes_of, simulate, stop_leftovers
+from server.simulate import PROJECT_ROOT, processes_of, running, simulate, stop_leftovers
 
 pytestmark = pytest.mark.slow
 
@@ -188,10 +191,13 @@ def test_server_optimiser_runs_and_resumes_with_its_state(
         np.testing.assert_array_equal(resumed[key], expected[key], err_msg=key)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["term", "hangup"])
-def test_a_signal_stops_every_process_the_simulation_started(
-    ham_phantom: Path, tmp_path: Path, signum: signal.Signals
-):
+@contextlib.contextmanager
+def simulation_process(
+    ham_phantom: Path, tmp_path: Path, until: str
+) -> Iterator[tuple[subprocess.Popen, Path]]:
+    """``server.simulate`` of a 50-round federation in a process of its own, once its log shows
+    ``until``, with its private home; killed and its leftovers stopped afterwards, whatever
+    the test found."""
     path = write_config(ham_phantom, tmp_path, rounds=50)
     command = [sys.executable, "-m", "server.simulate", "--config", str(path)]
     command += ["--output-dir", str(tmp_path / "out")]
@@ -203,12 +209,26 @@ def test_a_signal_stops_every_process_the_simulation_started(
     home = None
     try:
         deadline = time.monotonic() + 180
-        while "submitted" not in log.read_text() and time.monotonic() < deadline:
+        while until not in log.read_text() and time.monotonic() < deadline:
             assert process.poll() is None, log.read_text()
             time.sleep(0.5)
         found = re.search(r"private FLWR_HOME (\S+),", log.read_text())
         home = Path(found.group(1)) if found else None
         assert home is not None and processes_of(home), "the SuperLink never started"
+        yield process, home
+    finally:
+        process.kill()
+        process.wait()
+        if home is not None:
+            stop_leftovers(home)
+            shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["term", "hangup"])
+def test_a_signal_stops_every_process_the_simulation_started(
+    ham_phantom: Path, tmp_path: Path, signum: signal.Signals
+):
+    with simulation_process(ham_phantom, tmp_path, until="submitted") as (process, home):
         time.sleep(5)
         process.send_signal(signum)
         assert process.wait(timeout=60) == 128 + signum
@@ -217,11 +237,25 @@ def test_a_signal_stops_every_process_the_simulation_started(
             time.sleep(0.5)
         assert processes_of(home) == []
         assert not home.exists()
-    finally:
-        process.kill()
-        process.wait()
-        if home is not None:
-            stop_leftovers(home)
+
+
+def test_ctrl_c_twice_still_stops_every_process_and_removes_the_home(
+    ham_phantom: Path, tmp_path: Path
+) -> None:
+    with simulation_process(ham_phantom, tmp_path, until="round 1/") as (process, home):
+        agents = [
+            pid
+            for pid in processes_of(home)
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::DashboardAgent")
+        ]
+        assert agents, "Ray's dashboard agent was not found by the private home"
+        process.send_signal(signal.SIGINT)
+        time.sleep(1)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=90) == 128 + signal.SIGINT
+        assert processes_of(home) == []
+        assert not any(running(pid) for pid in agents)
+        assert not home.exists()
 
 
 def test_sites_that_do_not_fit_the_partition_are_named_before_anything_starts(
