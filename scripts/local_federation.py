@@ -39,7 +39,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-from server.simulate import signals_ignored, terminate_as_exit  # noqa: E402
+from server.simulate import at_least_one, signals_ignored, terminate_as_exit  # noqa: E402
 
 SCRIPTS = ROOT / "scripts"
 FLOWER_BIN = Path(sys.executable).parent
@@ -473,17 +473,6 @@ def run_local_federation(
             "stdout": launched.stdout,
             "sites": {s["name"]: local.state_dir(s["name"]) for s in federation["sites"]},
         }
-
-
-def at_least_one(text: str) -> int:
-    """``--cases`` and ``--rounds``: a whole number of at least 1."""
-    try:
-        number = int(text)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
-    return number
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -448,15 +448,15 @@ def simulate(
                     shutil.rmtree(home, ignore_errors=True)
 
 
-def positive_rounds(text: str) -> int:
-    """``--rounds``: a whole number of at least 1."""
+def at_least_one(text: str) -> int:
+    """An argument that must be a whole number of at least 1 (``--rounds``, ``--cases``)."""
     try:
-        rounds = int(text)
+        number = int(text)
     except ValueError:
-        rounds = 0
-    if rounds < 1:
-        raise argparse.ArgumentTypeError(f"--rounds must be a whole number >= 1, got {text!r}")
-    return rounds
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return number
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -471,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
         help="experiment YAML with a federation section (default: the demo)",
     )
     parser.add_argument(
-        "--rounds", type=positive_rounds, default=0, help="override federation.rounds (>= 1)"
+        "--rounds", type=at_least_one, default=0, help="override federation.rounds (>= 1)"
     )
     parser.add_argument("--output-dir", type=Path, help="override experiment.output_dir")
     parser.add_argument(

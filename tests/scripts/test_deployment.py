@@ -563,6 +563,17 @@ def processes_naming(text: str) -> list[int]:
     return found
 
 
+def local_federation_process(config: Path, work: Path, cases: int) -> subprocess.Popen:
+    """``local_federation.py`` in a session of its own, as a terminal would start it."""
+    command = [sys.executable, str(local.SCRIPTS / "local_federation.py"), "--config", str(config)]
+    return subprocess.Popen(
+        [*command, "--work", str(work), "--cases", str(cases)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
 @pytest.mark.slow
 @NEEDS_TOOLS
 @NEEDS_FLOWER
@@ -572,13 +583,7 @@ def test_sigterm_takes_the_whole_local_federation_down(tmp_path: Path) -> None:
     config = tmp_path / "federation.yaml"
     config.write_text(yaml.safe_dump(tls_config(federation)))
     work = tmp_path / "work"
-    command = [sys.executable, str(local.SCRIPTS / "local_federation.py"), "--config", str(config)]
-    process = subprocess.Popen(
-        [*command, "--work", str(work), "--cases", "20"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    process = local_federation_process(config, work, cases=20)
     try:
         wait_until(lambda: (work / "runs").is_dir(), 180, "the run's launch")
         pid = int((work / "coordinator" / "superlink.pid").read_text())
@@ -764,13 +769,7 @@ def test_sigterm_while_the_superlink_starts_stops_it(tmp_path: Path) -> None:
     config = tmp_path / "federation.yaml"
     config.write_text(yaml.safe_dump(tls_config({"id": "early-sigterm", "sites": sites})))
     work = tmp_path / "work"
-    command = [sys.executable, str(local.SCRIPTS / "local_federation.py"), "--config", str(config)]
-    process = subprocess.Popen(
-        [*command, "--work", str(work), "--cases", "4"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    process = local_federation_process(config, work, cases=4)
     pid_file = work / "coordinator" / "superlink.pid"
     try:
         deadline = time.monotonic() + 120

@@ -97,7 +97,9 @@ def test_a_bad_rounds_value_is_refused_before_anything_starts(
     with pytest.raises(SystemExit) as exited:
         main(["--rounds", rounds])
     assert exited.value.code == 2
-    assert f"--rounds must be a whole number >= 1, got {rounds!r}" in capsys.readouterr().err
+    assert f"argument --rounds: must be a whole number >= 1, got {rounds!r}" in (
+        capsys.readouterr().err
+    )
 
 
 def test_resume_without_a_server_state_is_refused_before_anything_starts(
