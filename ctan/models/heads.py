@@ -13,7 +13,14 @@ import torch
 from torch import Tensor, nn
 
 from ctan.config import ModelConfig
-from ctan.models.layers import ConvNormAct, global_pool, make_act, make_conv, upsample
+from ctan.models.layers import (
+    ConvNormAct,
+    full_precision,
+    global_pool,
+    make_act,
+    make_conv,
+    upsample,
+)
 from ctan.tasks import TaskSpec
 
 
@@ -21,8 +28,9 @@ class PixelDecoder(nn.Module):
     """U-Net-style decoder fed by the task's own skip features.
 
     From the bottleneck up, each level upsamples, concatenates the skip feature of that stage and
-    applies a 3x3 conv-norm-act; a final 1x1 convolution gives ``out_channels`` maps (logits for
-    segmentation, values for regression), its bias starting at ``output_bias`` when given.
+    applies a 3x3 conv-norm-act; a final 1x1 convolution, in float32 also under mixed precision,
+    gives ``out_channels`` maps (logits for segmentation, values for regression), its bias
+    starting at ``output_bias`` when given.
 
     Shapes:
         features ``[(B, widths[s], *S / 2**s)]`` -> ``(B, out_channels, *S)``.
@@ -54,7 +62,7 @@ class PixelDecoder(nn.Module):
         for stage in reversed(range(len(self.levels))):
             skip = features[stage]
             x = self.levels[stage](torch.cat([upsample(x, skip.shape[2:]), skip], dim=1))
-        return self.output(x) * self.output_scale
+        return full_precision(self.output, x) * self.output_scale
 
 
 class ImageHead(nn.Module):
@@ -91,7 +99,8 @@ class ImageHead(nn.Module):
 
     def forward(self, features: list[Tensor]) -> Tensor:
         pooled = [global_pool(f) for f in features[self.first_stage :]]
-        return self.mlp(torch.cat(pooled, dim=1))
+        hidden = self.mlp[:-1](torch.cat(pooled, dim=1))
+        return full_precision(self.mlp[-1], hidden)
 
 
 def _pixel_head(config: ModelConfig, task: TaskSpec) -> nn.Module:

@@ -102,3 +102,13 @@ def upsample(x: Tensor, size: torch.Size | tuple[int, ...]) -> Tensor:
 def global_pool(x: Tensor) -> Tensor:
     """Mean over all spatial positions: ``(B, C, *S) -> (B, C)``."""
     return x.flatten(2).mean(dim=2)
+
+
+def full_precision(layer: nn.Module, x: Tensor) -> Tensor:
+    """``layer(x)`` in the precision of the layer's own weights (float32 unless the model was
+    cast), also under autocast: for a head's last layer, whose outputs are the predictions.
+    bfloat16 keeps 8 significant bits, which would put a dose map scaled to 70 Gy on a
+    0.25-0.5 Gy grid and tie classification scores that an AUC ranks."""
+    weights = next(layer.parameters(), x)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        return layer(x.to(weights.dtype))
