@@ -363,11 +363,19 @@ def _class_counts(spec: TaskSpec, cases: Sequence[Any]) -> tuple[int, Tensor]:
     return len(values), (labels >= 0.5).sum(dim=0).to(torch.float64)
 
 
-def labelled_samples(spec: TaskSpec, mask: Tensor) -> Tensor:
-    """Which samples carry any label for the task: ``(B, C)`` or ``(B,)`` -> ``(B,)`` float."""
-    if spec.is_pixel_task:
-        return (mask > 0).any(dim=1).to(torch.float32)
-    return (mask > 0).to(torch.float32)
+def labelled_samples(spec: TaskSpec, mask: Tensor, roi: Tensor | None = None) -> Tensor:
+    """Which samples carry any label for the task: ``(B, C)`` or ``(B,)`` -> ``(B,)`` float.
+
+    A pixel task's sample whose region of interest ``(B, 1, *spatial)`` is empty carries none:
+    its loss is zero by construction (OpenKBP slices outside every possible-dose voxel), and
+    counting it would dilute the loss of the others.
+    """
+    if not spec.is_pixel_task:
+        return (mask > 0).to(torch.float32)
+    labelled = (mask > 0).any(dim=1)
+    if roi is not None:
+        labelled &= roi.flatten(start_dim=1).sum(dim=1) > 0
+    return labelled.to(torch.float32)
 
 
 def _task_fields(batch: Mapping[str, Any], spec: TaskSpec) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -388,7 +396,7 @@ def labelled_counts(batch: Mapping[str, Any], tasks: Sequence[TaskSpec]) -> dict
         ValueError: if the batch lacks a task's label key.
     """
     return {
-        spec.name: int(labelled_samples(spec, _task_fields(batch, spec)[1]).sum().item())
+        spec.name: int(labelled_samples(spec, *_task_fields(batch, spec)[1:]).sum().item())
         for spec in tasks
     }
 
@@ -432,7 +440,7 @@ def task_losses(
         if loss_fn is None:
             loss_fn = build_task_loss(spec).to(prediction.device)
         per_sample = loss_fn(prediction, target, mask, roi)
-        labelled = labelled_samples(spec, mask).to(per_sample)
+        labelled = labelled_samples(spec, mask, roi).to(per_sample)
         result[spec.name] = (per_sample * labelled).sum() / labelled.sum().clamp(min=1.0)
     return result
 

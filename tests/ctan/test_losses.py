@@ -291,6 +291,22 @@ def test_masked_out_sample_contributes_nothing() -> None:
     assert labelled_counts(batch, [SEG, DX]) == {"lesion": 2, "dx": 2}
 
 
+def test_a_sample_with_an_empty_region_of_interest_is_not_counted_as_labelled() -> None:
+    """OpenKBP margin slices hold no possible-dose voxel: their loss is zero by construction
+    and must not halve the loss of the slices that have one."""
+    target = torch.full((2, 1, 2, 2), 70.0)
+    roi = torch.ones(2, 1, 2, 2)
+    roi[1] = 0
+    batch = {
+        "targets": {"dose": target},
+        "target_masks": {"dose": torch.ones(2, 1)},
+        "roi": {"dose": roi},
+    }
+    losses = task_losses({"dose": torch.zeros(2, 1, 2, 2)}, batch, [DOSE])
+    assert losses["dose"].item() == 70.0
+    assert labelled_counts(batch, [DOSE]) == {"dose": 1}
+
+
 def test_all_labels_missing_gives_zero_with_gradient() -> None:
     model = nn.Linear(4, 3)
     masks = {"lesion": torch.zeros(3, 1), "dx": torch.zeros(3)}
