@@ -125,8 +125,11 @@ class DynamicWeightAverage(LossWeighting):
     ``w_k = L_k(t-1) / L_k(t-2)``, ``lambda_k = K * exp(w_k / T) / sum_i exp(w_i / T)``,
 
     and ``lambda_k = 1`` until two epochs have been recorded. A ratio with a zero or
-    non-finite denominator (a task without labels in an epoch) counts as 1. The last two epochs
-    are kept in the buffer ``history`` so the weights survive a restart through ``state_dict``.
+    non-finite denominator (a task without labels in an epoch) counts as 1. The softmax and
+    ``K`` span the tasks that had labels in the last epoch, so a site that holds some tasks
+    only weights those as the paper weights all (the others keep 1: their loss is zero). The
+    last two epochs are kept in the buffer ``history`` so the weights survive a restart through
+    ``state_dict``.
 
     Args:
         task_names: the tasks.
@@ -150,7 +153,12 @@ class DynamicWeightAverage(LossWeighting):
             return torch.ones(len(self.task_names))
         ratio = latest / previous
         ratio = torch.where(torch.isfinite(ratio), ratio, torch.ones_like(ratio))
-        return len(self.task_names) * torch.softmax(ratio / self.temperature, dim=0)
+        present = torch.isfinite(latest)
+        weights = torch.ones(len(self.task_names))
+        weights[present] = int(present.sum()) * torch.softmax(
+            ratio[present] / self.temperature, dim=0
+        )
+        return weights
 
     def end_epoch(self, mean_losses: Mapping[str, float]) -> None:
         """Push the epoch's mean loss per task into the two-epoch history.

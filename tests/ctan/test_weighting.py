@@ -68,6 +68,15 @@ def test_dwa_matches_formula_on_hand_numbers() -> None:
     assert restored.combine(_losses(2.0, 3.0))[1] == pytest.approx(weights)
 
 
+def test_dwa_weights_a_site_s_own_tasks_among_themselves() -> None:
+    """A site without labels for ``cls`` trains ``seg`` alone: DWA over one task is 1, as it
+    would be for a site holding that task only."""
+    dwa = DynamicWeightAverage(TASKS)
+    dwa.end_epoch({"seg": 1.0, "cls": math.nan})
+    dwa.end_epoch({"seg": 0.5, "cls": math.nan})
+    assert dwa.weights().tolist() == [1.0, 1.0]
+
+
 def test_dwa_zero_denominator_counts_as_ratio_one() -> None:
     dwa = DynamicWeightAverage(TASKS)
     dwa.end_epoch({"seg": 0.0, "cls": 1.0})
