@@ -57,10 +57,14 @@ def derive_seed(seed: int, *parts: object) -> int:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices)."""
+    """Seed Python, NumPy and torch (all devices), and make cuDNN pick deterministic
+    convolution algorithms (its autotuner may pick others from run to run), so that a run on
+    a GPU, and a resumed one, repeats itself as on the CPU."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
 
 
 def make_loader(

@@ -113,3 +113,11 @@ def test_device_and_seed_helpers():
             resolve_device("cuda")
     assert derive_seed(0, "site-a", 3) == derive_seed(0, "site-a", 3)
     assert derive_seed(0, "site-a", 3) != derive_seed(0, "site-b", 3)
+
+
+def test_seeding_makes_cudnn_choose_deterministic_algorithms() -> None:
+    from ctan.engine import seed_everything
+
+    torch.backends.cudnn.benchmark = True
+    seed_everything(0)
+    assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
