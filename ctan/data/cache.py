@@ -4,9 +4,12 @@ Parsing OpenKBP CSVs, resampling CT volumes and decoding JPEGs is done once per 
 a folder of ``.npy`` files, memory-mapped on reading, so a second epoch or a second run reads only
 the bytes a sample needs (one slice of a cached volume). The folder is
 ``<cache_dir>/<settings hash>/``; each entry's name also hashes the sizes and modification times
-of the case's source files, so an edited file is re-read. Entries are written into a temporary
-folder and moved into place with :func:`os.replace`, so a crash or two processes writing the same
-case never leave a torn entry. Nothing is kept in memory between calls.
+of the case's source files (every file of a DICOM series folder, an MHD header's pixel file), so
+an edited file is re-read. Entries are written into a temporary folder, closed by an index of
+their arrays, and moved into place with :func:`os.replace`; an entry in place is never replaced
+(a reader may be reading it), so a crash or two processes writing the same case never hand out a
+torn entry, and a damaged one (no index, an array that does not load) is recomputed. Nothing is
+kept in memory between calls.
 
 Example:
     >>> cache = CaseCache(Path("/tmp/c"), {"format": "ham10000", "image_size": [64, 64]})
@@ -59,15 +62,37 @@ def default_cache_dir(root: Path) -> Path:
     return Path.home() / ".cache" / "ctan"
 
 
+#: the file in every entry naming its arrays, written last: an entry without it is torn
+ENTRY_INDEX = "arrays.json"
+
+
+def _files_behind(path: Path) -> list[Path]:
+    """Every file whose bytes a source path stands for: a DICOM series folder's files, an MHD
+    header's pixel file (``ElementDataFile``), else the path itself."""
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.is_file())
+    files = [path]
+    if path.suffix.lower() == ".mhd":
+        try:
+            header = path.read_text(errors="replace").splitlines()
+        except OSError:
+            return files
+        for line in header:
+            key, _, value = line.partition("=")
+            if key.strip() == "ElementDataFile" and value.strip() not in ("", "LOCAL"):
+                files.append(path.parent / value.strip())
+    return files
+
+
 def _source_stamp(case: Case) -> str:
     parts = []
     for role in sorted(case.files):
-        path = Path(case.files[role])
-        try:
-            stat = path.stat()
-            parts.append(f"{role}:{path}:{stat.st_size}:{stat.st_mtime_ns}")
-        except OSError:
-            parts.append(f"{role}:{path}:missing")
+        for path in _files_behind(Path(case.files[role])):
+            try:
+                stat = path.stat()
+                parts.append(f"{role}:{path}:{stat.st_size}:{stat.st_mtime_ns}")
+            except OSError:
+                parts.append(f"{role}:{path}:missing")
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
 
 
@@ -108,17 +133,18 @@ class CaseCache:
         path = self.path(key or case.case_id, case)
         if path.is_dir():
             try:
-                return {
-                    item.stem: np.load(item, mmap_mode="r", allow_pickle=False)
-                    for item in sorted(path.glob("*.npy"))
-                }
-            except (OSError, ValueError) as err:
+                return _read_entry(path)
+            except (OSError, ValueError, EOFError) as err:
                 log.warning("cache entry %s is unreadable (%s); recomputing", path, err)
+                _remove(path)
         arrays = compute()
         self._write(path, arrays)
         return arrays
 
     def _write(self, path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+        """Write an entry into a temporary folder and move it into place; when another process
+        placed the same entry meanwhile, theirs stays (a reader may be reading it) and this
+        one is dropped."""
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             if not (path.parent / "settings.json").exists():
@@ -127,14 +153,41 @@ class CaseCache:
             try:
                 for name, array in arrays.items():
                     np.save(tmp / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
-                if path.is_dir():
-                    shutil.rmtree(path)
-                os.replace(tmp, path)
+                _atomic_text(tmp / ENTRY_INDEX, json.dumps(sorted(arrays)))
+                if not path.exists():
+                    os.replace(tmp, path)
             finally:
                 if tmp.exists():
                     shutil.rmtree(tmp, ignore_errors=True)
         except OSError as err:
-            log.warning("cannot write cache entry %s: %s", path, err)
+            if not path.is_dir():
+                log.warning("cannot write cache entry %s: %s", path, err)
+
+
+def _read_entry(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of a complete entry, memory-mapped.
+
+    Raises:
+        ValueError, OSError, EOFError: the entry is torn or damaged (its index is missing or
+            names an array that does not load).
+    """
+    index = path / ENTRY_INDEX
+    if not index.is_file():
+        raise ValueError(f"{ENTRY_INDEX} is missing")
+    names = json.loads(index.read_text())
+    return {
+        name: np.load(path / f"{name}.npy", mmap_mode="r", allow_pickle=False) for name in names
+    }
+
+
+def _remove(path: Path) -> None:
+    """Remove a damaged entry: moved aside first, so that no reader lists it half-deleted."""
+    aside = path.with_name(f".damaged-{os.getpid()}-{path.name}")
+    try:
+        os.replace(path, aside)
+    except OSError:
+        return
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _atomic_text(path: Path, text: str) -> None:

@@ -119,3 +119,51 @@ def test_disabled_cache_computes_every_time_and_writes_nothing(tmp_path: Path, c
     cache.get(case, compute)
     cache.get(case, compute)
     assert len(calls) == 2 and not (tmp_path / "cache").exists()
+
+
+def test_a_damaged_entry_is_recomputed(tmp_path: Path, case: Case) -> None:
+    """A file emptied by a power loss, or missing, is found out, not handed to training."""
+    cache = CaseCache(tmp_path / "cache", SETTINGS)
+    compute, calls = counting(ARRAYS)
+    entry = cache.path(case.case_id, case)
+    for damage in (lambda: (entry / "mask.npy").write_bytes(b""), (entry / "mask.npy").unlink):
+        cache.get(case, compute)
+        damage()
+        arrays = cache.get(case, compute)
+        assert sorted(arrays) == ["image", "mask"]
+    assert len(calls) == 3
+
+
+def test_an_entry_in_place_is_not_replaced_by_a_second_writer(tmp_path: Path, case: Case) -> None:
+    """Two loader workers missing the same entry: the second keeps the first one's, which a
+    reader may be mapping, rather than deleting it under them."""
+    first = CaseCache(tmp_path / "cache", SETTINGS)
+    first.get(case, counting(ARRAYS)[0])
+    entry = first.path(case.case_id, case)
+    mapped = first.get(case, counting(ARRAYS)[0])
+    inode = entry.stat().st_ino
+    CaseCache(tmp_path / "cache", SETTINGS)._write(entry, ARRAYS)
+    assert entry.stat().st_ino == inode
+    np.testing.assert_array_equal(mapped["image"], ARRAYS["image"])
+    assert [p.name for p in (tmp_path / "cache").rglob(".tmp-*")] == []
+
+
+def test_a_dicom_folder_or_an_mhd_pixel_file_rewritten_in_place_is_read_again(
+    tmp_path: Path,
+) -> None:
+    series = tmp_path / "series"
+    series.mkdir()
+    (series / "slice1.dcm").write_bytes(b"old")
+    header = tmp_path / "vol.mhd"
+    header.write_text("ObjectType = Image\nElementDataFile = vol.raw\n")
+    (tmp_path / "vol.raw").write_bytes(b"old")
+    cache = CaseCache(tmp_path / "cache", SETTINGS)
+    cases = [
+        Case(case_id=name, group=name, site=None, files={"image": path})
+        for name, path in (("d", series), ("m", header))
+    ]
+    before = [cache.path(c.case_id, c) for c in cases]
+    for changed in (series / "slice1.dcm", tmp_path / "vol.raw"):
+        changed.write_bytes(b"new pixels")
+    after = [cache.path(c.case_id, c) for c in cases]
+    assert all(a != b for a, b in zip(before, after, strict=True))
