@@ -64,6 +64,8 @@ def default_cache_dir(root: Path) -> Path:
 
 #: the file in every entry naming its arrays, written last: an entry without it is torn
 ENTRY_INDEX = "arrays.json"
+#: the layout of an entry; a new one keys a new folder (entries before the index had none)
+CACHE_FORMAT = 2
 
 
 def _files_behind(path: Path) -> list[Path]:
@@ -109,7 +111,7 @@ class CaseCache:
     def __init__(
         self, directory: Path, settings: Mapping[str, object], enabled: bool = True
     ) -> None:
-        self.directory = Path(directory) / settings_hash(settings)
+        self.directory = Path(directory) / settings_hash({**settings, "cache-format": CACHE_FORMAT})
         self.settings = dict(settings)
         self.enabled = enabled
 
