@@ -325,6 +325,7 @@ class CaseDataset(Dataset):
                 intensity=config.train.augmentation.intensity,
                 left_right_axis=self.reader.left_right_axis,
                 left_right_swaps=swaps,
+                image_mask_channels=self.reader.image_mask_channels,
             )
             if train
             else None

@@ -224,6 +224,8 @@ class OpenKBPReader(FormatReader):
 
     version = "1"
     left_right_axis = 1
+    #: PTV56, PTV63, PTV70 after the CT
+    image_mask_channels = tuple(range(1, 1 + len(TARGETS)))
 
     @property
     def labels(self) -> Mapping[str, LabelInfo]:

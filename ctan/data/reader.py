@@ -165,6 +165,10 @@ class FormatReader(ABC):
     #: the spatial axis of the preprocessed arrays that runs between the patient's right and
     #: left, where the format fixes one; mirroring it exchanges :attr:`LabelInfo.mirror_pairs`
     left_right_axis: int | None = None
+    #: the image channels that are binary masks rather than intensities (OpenKBP's target
+    #: volumes): training augmentation resamples them by nearest neighbour and does not jitter
+    #: their values
+    image_mask_channels: tuple[int, ...] = ()
     #: the order of the spatial axes of :meth:`preprocess` arrays against the image file:
     #: ``"xyz"``, the file's own index order (x first), as MONAI's readers give it; ``"zyx"``,
     #: reversed (rows first in 2D), as PIL and SimpleITK arrays give it. Predictions are turned

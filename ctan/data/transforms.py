@@ -25,7 +25,53 @@ from monai.transforms import (
     ScaleIntensityRange,
 )
 
-__all__ = ["RandMirrord", "augmentation", "resize_labels", "resize_values", "scale_range"]
+__all__ = [
+    "JoinChannelsd",
+    "RandMirrord",
+    "SplitChannelsd",
+    "augmentation",
+    "resize_labels",
+    "resize_values",
+    "scale_range",
+]
+
+#: where :class:`SplitChannelsd` puts the mask channels of the image while augmenting
+IMAGE_MASKS_KEY = "_image_masks"
+
+
+class SplitChannelsd:
+    """Move ``channels`` of ``key`` into ``into`` (both ``(C, *spatial)``)."""
+
+    def __init__(self, key: str, channels: Sequence[int], into: str) -> None:
+        self.key, self.channels, self.into = key, list(channels), into
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        out = dict(data)
+        image = out[self.key]
+        kept = [c for c in range(image.shape[0]) if c not in self.channels]
+        out[self.into], out[self.key] = image[self.channels], image[kept]
+        return out
+
+
+class JoinChannelsd:
+    """Undo :class:`SplitChannelsd`: put the channels of ``from_key`` back into ``key``."""
+
+    def __init__(self, key: str, channels: Sequence[int], from_key: str) -> None:
+        self.key, self.channels, self.from_key = key, list(channels), from_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        out = dict(data)
+        rest, masks = out[self.key], out.pop(self.from_key)
+        parts, next_rest, next_mask = [], 0, 0
+        for channel in range(rest.shape[0] + masks.shape[0]):
+            if channel in self.channels:
+                parts.append(masks[next_mask : next_mask + 1])
+                next_mask += 1
+            else:
+                parts.append(rest[next_rest : next_rest + 1])
+                next_rest += 1
+        out[self.key] = torch.cat([torch.as_tensor(p) for p in parts], dim=0)
+        return out
 
 
 def resize_values(array: np.ndarray, size: Sequence[int]) -> np.ndarray:
@@ -97,6 +143,7 @@ def augmentation(
     intensity: bool = True,
     left_right_axis: int | None = None,
     left_right_swaps: Mapping[str, Sequence[tuple[int, int]]] | None = None,
+    image_mask_channels: Sequence[int] = (),
 ) -> Compose:
     """Random training augmentation on a sample dictionary of channel-first tensors.
 
@@ -114,15 +161,22 @@ def augmentation(
         left_right_axis: the spatial axis running from the patient's right to left, if known.
         left_right_swaps: channel pairs exchanged per key when ``left_right_axis`` is mirrored
             (lateralised labels and their availability vectors).
+        image_mask_channels: channels of the image that are binary masks (OpenKBP's target
+            volumes): resampled by nearest neighbour and left out of the intensity jitter, so
+            that training sees them as evaluation does, 0 or 1.
 
     Returns:
         A MONAI ``Compose`` of the chosen transforms, in that order.
     """
+    split = list(image_mask_channels)
+    if split:
+        mask_keys = [*mask_keys, IMAGE_MASKS_KEY]
     smooth = [image_key, *interpolated_keys]
     keys = [*smooth, *mask_keys]
     modes = ["bilinear"] * len(smooth) + ["nearest"] * len(mask_keys)
     axes = range(spatial_dims) if flip_axes is None else flip_axes
-    transforms: list[Any] = [
+    transforms: list[Any] = [SplitChannelsd(image_key, split, IMAGE_MASKS_KEY)] if split else []
+    transforms += [
         RandMirrord(keys, 0.5, axis, left_right_swaps or {})
         if axis == left_right_axis
         else RandFlipd(keys=keys, prob=0.5, spatial_axis=axis)
@@ -144,6 +198,8 @@ def augmentation(
             RandScaleIntensityd(keys=image_key, factors=0.1, prob=0.5),
             RandShiftIntensityd(keys=image_key, offsets=0.1, prob=0.5),
         ]
+    if split:
+        transforms.append(JoinChannelsd(image_key, split, IMAGE_MASKS_KEY))
     compose = Compose(transforms)
     compose.set_random_state(seed=seed)
     return compose

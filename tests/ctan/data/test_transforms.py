@@ -77,3 +77,21 @@ def test_a_left_right_mirror_exchanges_lateral_channels_and_their_availability()
         assert got["organs/available"].tolist() == available[order].tolist()
         seen.add(across)
     assert seen == set(mirrorings)
+
+
+def test_mask_channels_of_the_image_stay_binary_through_jitter_and_affine():
+    """OpenKBP's target volumes are image channels 1-3: evaluation sees them as 0 or 1, so
+    training must too, while the CT channel is jittered and resampled smoothly."""
+    rng = np.random.default_rng(0)
+    ct = torch.from_numpy(rng.random((1, 16, 16), dtype=np.float32))
+    targets = torch.zeros(3, 16, 16)
+    targets[:, 4:12, 4:12] = 1.0
+    image = torch.cat([ct, targets])
+    augment = augmentation("image", [], [], 2, seed=0, image_mask_channels=(1, 2, 3))
+    jittered = False
+    for _ in range(20):
+        out = torch.as_tensor(augment({"image": image.clone()})["image"])
+        assert out.shape == image.shape
+        assert set(out[1:].unique().tolist()) <= {0.0, 1.0}
+        jittered |= not torch.equal(out[0], ct)
+    assert jittered, "the CT channel is still augmented"
