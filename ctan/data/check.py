@@ -100,7 +100,7 @@ def check_data(config: Config, skip_bad: bool = False) -> DataReport:
         cases = build_cases(config, skip_bad=skip)
         if not skip:
             readable_cases(cases, config, ListingProblems(skip_bad=False))
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:
         report.problems.append(str(err))
         return report
     report.skipped = list(cases.skipped)

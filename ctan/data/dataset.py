@@ -147,15 +147,15 @@ def readable_cases(cases: list[Case], config: Config, problems: ListingProblems)
     training then reads from (a cache hit costs next to nothing).
 
     Raises:
-        ValueError, FileNotFoundError: a case that does not read, unless ``problems`` skips bad
-            cases (it then records it).
+        ValueError, OSError: a case that does not read, unless ``problems`` skips bad cases (it
+            then records it).
     """
     dataset = CaseDataset(cases, config, train=False)
     readable = []
     for case in cases:
         try:
             dataset.arrays(case)
-        except (ValueError, FileNotFoundError) as err:
+        except (ValueError, OSError) as err:
             problems.bad(case.case_id, err)
             continue
         readable.append(case)

@@ -26,17 +26,25 @@ SITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".dcm", ".nii", ".nii.gz")
 
 
 def read_sitk(path: Path) -> sitk.Image:
-    """Read an image file, or the first DICOM series of a folder, with SimpleITK.
+    """Read an image file, or the DICOM series of a folder, with SimpleITK.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: SimpleITK cannot read it (corrupt or unsupported file), naming ``path``.
+        ValueError: SimpleITK cannot read it (corrupt or unsupported file), or the folder holds
+            more than one series; ``path`` is named.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: image file does not exist")
     try:
         if path.is_dir():
+            found = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))
+            if len(found) > 1:
+                raise ValueError(
+                    f"{path}: folder holds {len(found)} DICOM series ({', '.join(found)}); "
+                    "give each series a folder of its own (a scout or localiser beside the CT "
+                    "would otherwise be read in its place)"
+                )
             series = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path))
             if not series:
                 raise ValueError(f"{path}: folder holds no DICOM series")

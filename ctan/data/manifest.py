@@ -66,7 +66,7 @@ def _image_label(task: TaskSpec, text: str, where: str) -> int | tuple[int, ...]
         values = [int(float(p)) for p in parts if p]
         if any(float(p) != int(float(p)) for p in parts if p):
             raise ValueError
-    except ValueError:
+    except (ValueError, OverflowError):
         values = []
     if not values or any(v < 0 or v > top for v in values):
         raise ValueError(

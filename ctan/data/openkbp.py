@@ -89,7 +89,7 @@ def read_sparse(path: Path, values: bool) -> tuple[np.ndarray, np.ndarray | None
     """
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file does not exist")
-    text = path.read_text(errors="replace")
+    text = path.read_text(encoding="utf-8-sig", errors="replace")
     header, _, body = text.partition("\n")
     if header.strip() != ",data":
         raise ValueError(f"{path}: header is {header.strip()[:40]!r}, expected ',data'")
@@ -130,7 +130,8 @@ def read_voxel_dimensions(path: Path) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file does not exist")
     try:
-        spacing = np.array(path.read_text().replace(",", " ").split(), dtype=np.float64)
+        text = path.read_text(encoding="utf-8-sig", errors="replace")
+        spacing = np.array(text.replace(",", " ").split(), dtype=np.float64)
     except ValueError:
         spacing = np.zeros(0)
     if spacing.shape != (3,) or (spacing <= 0).any():

@@ -35,3 +35,21 @@ def test_an_unreadable_header_is_named(tmp_path: Path):
     (tmp_path / "bad.mha").write_text("not a header")
     with pytest.raises(ValueError, match=r"bad\.mha: cannot read the image header"):
         file_affine(tmp_path / "bad.mha")
+
+
+def test_a_folder_of_two_dicom_series_is_refused_naming_them(tmp_path: Path):
+    """A localiser beside the CT would otherwise be read in its place, silently."""
+    from ctan.data.imageio import read_sitk
+
+    folder = tmp_path / "export"
+    folder.mkdir()
+    for name, series, shape in (("ct.dcm", "1.2.3.1", (16, 16)), ("scout.dcm", "1.2.3.2", (8, 8))):
+        image = sitk.GetImageFromArray(np.zeros(shape, np.int16))
+        image.SetMetaData("0020|000e", series)
+        image.SetMetaData("0008|0060", "CT")
+        writer = sitk.ImageFileWriter()
+        writer.KeepOriginalImageUIDOn()
+        writer.SetFileName(str(folder / name))
+        writer.Execute(image)
+    with pytest.raises(ValueError, match=r"export: folder holds 2 DICOM series \(1\.2\.3\.1, 1"):
+        read_sitk(folder)

@@ -76,6 +76,9 @@ def test_missing_image_and_bad_class_name_the_file(tmp_path: Path) -> None:
     (root / "manifest.csv").write_text("case_id,image,diagnosis\na,a.png,9\n")
     with pytest.raises(ValueError, match=r"manifest\.csv row 2"):
         build_cases(make_config("manifest", root, HAM_TASKS, tmp_path / "c"))
+    (root / "manifest.csv").write_text("case_id,image,diagnosis\na,a.png,inf\n")
+    with pytest.raises(ValueError, match=r"manifest\.csv row 2.*'inf' is not a class index"):
+        build_cases(make_config("manifest", root, HAM_TASKS, tmp_path / "c"))
     (root / "manifest.csv").write_text("case_id,image,diagnosis\na,gone.png,1\n")
     with pytest.raises(FileNotFoundError, match=r"gone\.png"):
         build_cases(make_config("manifest", root, HAM_TASKS, tmp_path / "c"))

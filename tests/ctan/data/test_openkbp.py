@@ -17,6 +17,7 @@ from ctan.data.openkbp import (
     OpenKBPReader,
     read_patient,
     read_sparse,
+    read_voxel_dimensions,
     to_native,
     write_dose_csv,
 )
@@ -142,6 +143,16 @@ def test_bad_csv_names_the_file(tmp_path: Path, text: str, problem: str) -> None
     with pytest.raises(ValueError, match=problem) as info:
         read_sparse(path, values=True)
     assert "dose.csv" in str(info.value)
+
+
+def test_files_saved_with_a_byte_order_mark_are_read(tmp_path: Path) -> None:
+    """Spreadsheet programs save CSVs with one; it is no reason to refuse a patient."""
+    dose, spacing = tmp_path / "dose.csv", tmp_path / "voxel_dimensions.csv"
+    dose.write_text(",data\n5,1.5\n", encoding="utf-8-sig")
+    spacing.write_text("3.906 3.906 2.5\n", encoding="utf-8-sig")
+    index, values = read_sparse(dose, values=True)
+    assert index.tolist() == [5] and values.tolist() == [1.5]
+    assert read_voxel_dimensions(spacing).tolist() == [3.906, 3.906, 2.5]
 
 
 def test_bad_patient_is_an_error_or_skipped(provided: Path, tmp_path: Path) -> None:
