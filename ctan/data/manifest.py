@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from ctan.data.base import Case
-from ctan.data.imageio import image_loader
+from ctan.data.imageio import file_affine, image_loader
 from ctan.data.reader import FormatReader, LabelInfo, ListingProblems, csv_text
 from ctan.data.transforms import resize_labels, resize_values
 from ctan.tasks import TaskSpec
@@ -56,6 +56,22 @@ def find_manifest(root: Path) -> Path:
     if (root / "manifest.csv").is_file():
         return root / "manifest.csv"
     raise FileNotFoundError(f"{root}: no manifest; give the CSV file or a folder with manifest.csv")
+
+
+def _require_same_grid(image: Path, mask: Path) -> None:
+    """Refuse a mask whose voxels lie elsewhere than its image's (another spacing, origin or
+    orientation in the file's header): of the same size, it would be misaligned silently.
+
+    Raises:
+        ValueError: names both files and the two voxel-to-world matrices.
+    """
+    image_grid, mask_grid = file_affine(image), file_affine(mask)
+    if not np.allclose(image_grid, mask_grid, atol=1e-3):
+        raise ValueError(
+            f"{mask}: its voxels lie elsewhere than those of {image.name} (voxel-to-world "
+            f"matrix {np.round(mask_grid, 3).tolist()} against "
+            f"{np.round(image_grid, 3).tolist()}); resample the mask onto the image's grid"
+        )
 
 
 def _image_label(task: TaskSpec, text: str, where: str) -> int | tuple[int, ...]:
@@ -222,6 +238,7 @@ class ManifestReader(FormatReader):
                 raise ValueError(
                     f"{mask_path}: size {mask.shape[1:]} differs from image size {image.shape[1:]}"
                 )
+            _require_same_grid(path, mask_path)
             if task.kind == "segmentation":
                 if mask.shape[0] == 1 and task.classes > 1:
                     mask = np.concatenate([mask == c + 1 for c in range(task.classes)])

@@ -67,6 +67,11 @@ def test_nifti_manifest_3d(tmp_path: Path) -> None:
     assert sample["image"].shape == (1, 16, 16, 8)
     assert sample["targets"]["organ"].shape == (1, 16, 16, 8)
     assert not cases[1].has_label("organ")
+    shifted = np.eye(4)
+    shifted[:3, 3] = [0.0, 0.0, 25.0]
+    nib.save(nib.Nifti1Image(seg, shifted), root / "n" / "x_seg.nii.gz")
+    with pytest.raises(ValueError, match=r"x_seg\.nii\.gz: its voxels lie elsewhere than"):
+        CaseDataset(build_cases(cfg), cfg, train=False)[0]
 
 
 def test_missing_image_and_bad_class_name_the_file(tmp_path: Path) -> None:
