@@ -536,10 +536,13 @@ class TaskMetrics:
                 binary = (torch.sigmoid(prediction) > self.threshold).float()
             if roi is not None:
                 binary, target = binary * roi, target * roi
+            # exclusive classes cover the background too, in channel 0: it is no structure,
+            # and its overlap, large on any image, would lift the mean
+            first = 1 if self.spec.exclusive else 0
             for metric, fn in (("dice", compute_dice), ("iou", compute_iou)):
                 if metric in self._items:
-                    value = fn(binary, target, include_background=True, ignore_empty=False)
-                    self._items[metric].append(value + missing)
+                    value = fn(binary, target, include_background=not first, ignore_empty=False)
+                    self._items[metric].append(value + missing[:, first:])
             return
         weight = torch.ones_like(prediction[:, :1]) if roi is None else roi
         dims = tuple(range(2, prediction.ndim))

@@ -73,7 +73,8 @@ class TaskSpec(BaseModel):
         classes: output channels for pixel tasks, number of classes for classification.
         exclusive: ``True`` for mutually exclusive classes (softmax), ``False`` for independent
             labels (sigmoid). Defaults to ``True`` when ``classes > 1``; must be ``False`` for a
-            single channel and for regression.
+            single channel and for regression. Exclusive segmentation classes cover every pixel:
+            channel 0 is the background, counted in ``classes`` and left out of Dice and IoU.
         metrics: metric names, the primary one first (defaults depend on ``kind``).
         label: the data field this task is trained on; defaults to ``name``.
         companion: the label key a metric needs besides the task's own: the COVID label whose

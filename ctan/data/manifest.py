@@ -11,8 +11,10 @@
 * one column per task, named after the task's label key (``TaskSpec.label``); a task without a
   column is unlabelled everywhere. An empty cell means "no label".
 * pixel tasks (segmentation, regression) hold a mask/map path. A segmentation mask with one
-  channel is binary (> 0) for ``classes: 1`` and a label map (value ``c + 1`` is channel ``c``)
-  for more classes; a mask with ``classes`` channels is used as it is.
+  channel is binary (> 0) for ``classes: 1`` and a label map for more classes: for exclusive
+  classes (softmax, the default) value ``c`` is channel ``c`` and channel 0 the background, so
+  ``classes`` counts it; for independent structures (``exclusive: false``) value ``c + 1`` is
+  channel ``c``. A mask with ``classes`` channels is used as it is.
 * classification cells hold the class index ``0 .. classes - 1``; multi-label tasks
   (``exclusive: false``) hold indices separated by ``;`` (``"0;2"``); a ``classes: 1`` task holds
   0 or 1. Class names are not accepted (the config has no class-name list).
@@ -56,6 +58,31 @@ def find_manifest(root: Path) -> Path:
     if (root / "manifest.csv").is_file():
         return root / "manifest.csv"
     raise FileNotFoundError(f"{root}: no manifest; give the CSV file or a folder with manifest.csv")
+
+
+def _one_hot(values: np.ndarray, task: TaskSpec, path: Path) -> np.ndarray:
+    """A label map as ``(classes, *spatial)`` channels. Exclusive classes (softmax) cover every
+    pixel, the background too: value ``c`` is channel ``c``, 0 the background. Independent
+    structures (sigmoid) have no background channel: value ``c + 1`` is channel ``c``.
+
+    Raises:
+        ValueError: a value the task has no channel for (the file and the values are named).
+    """
+    first = 0 if task.exclusive else 1
+    found = np.unique(values)
+    allowed = np.arange(first, first + task.classes)
+    stray = [v for v in found.tolist() if v not in allowed and not (v == 0 and first == 1)]
+    if stray:
+        raise ValueError(
+            f"{path}: label values {', '.join(f'{v:g}' for v in stray[:5])} but task "
+            f"{task.name!r} has {task.classes} "
+            + (
+                f"exclusive classes, values 0..{task.classes - 1} (0 the background)"
+                if task.exclusive
+                else f"structures, values 1..{task.classes} (0 the background)"
+            )
+        )
+    return np.stack([values == c + first for c in range(task.classes)])
 
 
 def _require_same_grid(image: Path, mask: Path) -> None:
@@ -241,7 +268,7 @@ class ManifestReader(FormatReader):
             _require_same_grid(path, mask_path)
             if task.kind == "segmentation":
                 if mask.shape[0] == 1 and task.classes > 1:
-                    mask = np.concatenate([mask == c + 1 for c in range(task.classes)])
+                    mask = _one_hot(mask[0], task, mask_path)
                 mask = mask > 0
             if mask.shape[0] != task.classes:
                 raise ValueError(

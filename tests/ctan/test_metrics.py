@@ -54,6 +54,22 @@ def test_dice_and_iou_hand_values_and_empty_convention() -> None:
     assert metrics.count == 2
 
 
+def test_exclusive_dice_leaves_the_background_channel_out() -> None:
+    """Channel 0 of softmax classes is the background: a network that predicts background
+    everywhere has found no structure, Dice 0, not the background's overlap."""
+    spec = TaskSpec(name="tissue", kind="segmentation", classes=3, metrics=["dice"])
+    target = torch.zeros(1, 3, 4, 4)
+    target[0, 0] = 1.0
+    target[0, 0, :2, :2], target[0, 1, :2, :2] = 0.0, 1.0
+    target[0, 0, 2:, 2:], target[0, 2, 2:, 2:] = 0.0, 1.0
+    everywhere_background = torch.zeros(1, 3, 4, 4)
+    everywhere_background[0, 0] = 5.0
+    for prediction, expected in ((target * 5.0, 1.0), (everywhere_background, 0.0)):
+        metrics = TaskMetrics(spec)
+        metrics.update(prediction, target, torch.ones(1, 3))
+        assert metrics.compute()["dice"] == pytest.approx(expected)
+
+
 def test_exclusive_segmentation_uses_argmax() -> None:
     spec = TaskSpec(name="tissue", kind="segmentation", classes=2, exclusive=True)
     metrics = TaskMetrics(spec)

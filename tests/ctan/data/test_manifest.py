@@ -103,7 +103,7 @@ def test_manifest_laterality_exchanges_the_paired_channels(tmp_path: Path) -> No
     (root / "mask").mkdir()
     Image.fromarray(labels).save(root / "mask" / "a.png")
     (root / "manifest.csv").write_text("case_id,image,parotids\na,img/a.png,mask/a.png\n")
-    tasks = [{"name": "parotids", "kind": "segmentation", "classes": 2}]
+    tasks = [{"name": "parotids", "kind": "segmentation", "classes": 2, "exclusive": False}]
     raw = make_config("manifest", root, tasks, tmp_path / "c").model_dump(mode="json")
     raw["data"]["laterality"] = {"axis": 1, "pairs": {"parotids": [[0, 1]]}}
     raw["train"] = {"augmentation": {"flip_axes": [1], "affine": False, "intensity": False}}
@@ -133,9 +133,30 @@ def test_cached_masks_follow_a_change_of_the_task_classes(tmp_path: Path) -> Non
     (root / "manifest.csv").write_text("case_id,image,organs\na,img/a.png,mask/a.png\n")
     targets = {}
     for classes in (1, 3):
-        tasks = [{"name": "organs", "kind": "segmentation", "classes": classes}]
+        tasks = [{"name": "organs", "kind": "segmentation", "classes": classes, "exclusive": False}]
         config = make_config("manifest", root, tasks, tmp_path / "cache")
         case = build_cases(config)[0]
         targets[classes] = CaseDataset([case], config, train=False)[0]["targets"]["organs"]
     assert targets[1].shape[0] == 1 and targets[3].shape[0] == 3
     assert targets[3][0].sum() > 0 and targets[3][1].sum() == 0 and targets[3][2].sum() > 0
+
+
+def test_an_exclusive_label_map_has_the_background_in_channel_0(tmp_path: Path) -> None:
+    """Softmax classes cover every pixel: without a background channel the background would
+    have no class, and no gradient would teach the network to say so."""
+    root = tmp_path / "site"
+    write_jpeg(root / "img" / "a.png", 0, size=(16, 16))
+    labels = np.zeros((16, 16), np.uint8)
+    labels[2:6, 2:6], labels[8:12, 8:12] = 1, 2
+    (root / "mask").mkdir()
+    Image.fromarray(labels).save(root / "mask" / "a.png")
+    (root / "manifest.csv").write_text("case_id,image,tissue\na,img/a.png,mask/a.png\n")
+    tasks = [{"name": "tissue", "kind": "segmentation", "classes": 3}]
+    config = make_config("manifest", root, tasks, tmp_path / "cache")
+    target = CaseDataset(build_cases(config), config, train=False)[0]["targets"]["tissue"]
+    assert torch.equal(target.sum(dim=0), torch.ones_like(target[0])), "one class per pixel"
+    assert target[0].sum() > target[1].sum() > 0 and target[1].sum() == target[2].sum()
+    two = [{"name": "tissue", "kind": "segmentation", "classes": 2}]
+    config = make_config("manifest", root, two, tmp_path / "cache")
+    with pytest.raises(ValueError, match=r"a\.png: label values 2 but task 'tissue' has 2 excl"):
+        CaseDataset(build_cases(config), config, train=False)[0]
