@@ -149,12 +149,13 @@ class ManifestReader(FormatReader):
 
     def settings(self) -> dict[str, object]:
         """The base settings plus what :meth:`preprocess` reads from the config: the image
-        channels and each pixel task's label, kind and classes (a label map becomes one channel
-        per class), so that changing them never serves arrays cached under the old ones."""
+        channels and each pixel task's label, kind, classes and exclusivity (a label map becomes
+        one channel per class, the background one of them for exclusive classes), so that
+        changing them never serves arrays cached under the old ones."""
         return super().settings() | {
             "in_channels": self.config.model.in_channels,
             "pixel_tasks": [
-                [task.label, task.kind, task.classes]
+                [task.label, task.kind, task.classes, task.exclusive]
                 for task in self.config.tasks
                 if task.is_pixel_task
             ],

@@ -156,6 +156,10 @@ def test_an_exclusive_label_map_has_the_background_in_channel_0(tmp_path: Path) 
     target = CaseDataset(build_cases(config), config, train=False)[0]["targets"]["tissue"]
     assert torch.equal(target.sum(dim=0), torch.ones_like(target[0])), "one class per pixel"
     assert target[0].sum() > target[1].sum() > 0 and target[1].sum() == target[2].sum()
+    independent = [{"name": "tissue", "kind": "segmentation", "classes": 3, "exclusive": False}]
+    config = make_config("manifest", root, independent, tmp_path / "cache")
+    target = CaseDataset(build_cases(config), config, train=False)[0]["targets"]["tissue"]
+    assert target[2].sum() == 0, "value 3 (channel 2) is absent: not the cached one-hot"
     two = [{"name": "tissue", "kind": "segmentation", "classes": 2}]
     config = make_config("manifest", root, two, tmp_path / "cache")
     with pytest.raises(ValueError, match=r"a\.png: label values 2 but task 'tissue' has 2 excl"):
