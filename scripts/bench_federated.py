@@ -1097,11 +1097,12 @@ class Report:
 
     def reusable(self, suite: str, record: Mapping[str, Any]) -> dict[tuple[str, int], dict]:
         """:func:`reusable_runs` of ``suite`` over the other results files; where two files
-        hold the same run, the main results' copy wins."""
+        hold the same run, the main results' copy wins. Runs another file took over from this
+        report's own file are left out: they are copies of the runs being measured again."""
         found: dict[tuple[str, int], dict[str, Any]] = {}
         for file, data in reversed(self.sources.items()):
             found |= reusable_runs(data.get("suites", {}).get(suite), record, file)
-        return found
+        return {key: run for key, run in found.items() if run["reused_from"] != self.path.name}
 
     def take_over(self, run: Mapping[str, Any], name: str, sites: int) -> None:
         """Keep a reused federated run's round overheads and head check from its file."""

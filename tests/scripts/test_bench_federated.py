@@ -430,6 +430,16 @@ def test_a_report_reads_the_other_results_files_of_its_mode(tmp_path):
     assert "`alone-ctan`: runs of `bench_federated.json`" in bench._reused_text(suite)[0]
     assert bench._reused_text(_suite([0])) == []
 
+    heads_file = {
+        "suites": {
+            "derm": main
+            | {"runs": [dict(r, reused_from="bench_federated.json") for r in main["runs"]]}
+        }
+    }
+    (results / "bench_federated_federated-heads.json").write_text(json.dumps(heads_file))
+    again = bench.Report(results / "bench_federated.json", docs, quick=False)
+    assert again.reusable("derm", _suite([0])) == {}, "its own runs, copied by an ablation"
+
 
 def test_config_digests_ignore_the_seed_but_not_the_training_or_federation():
     suite = bench.SUITES["derm"]
