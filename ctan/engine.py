@@ -232,10 +232,9 @@ class TaskTrainer:
         self.weighting = build_weighting(train.weighting, [t.name for t in self.tasks])
         self.weighting.to(self.device)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
-        trainable += list(self.weighting.parameters())
         if not trainable:
             raise ValueError("the model has no trainable parameters; check trainable_groups")
-        self.optimizer = _build_optimizer(train, trainable)
+        self.optimizer = _build_optimizer(train, trainable, list(self.weighting.parameters()))
         self._autocast_dtype = _autocast_dtype(self.device) if train.amp else None
         self._scaler = torch.amp.GradScaler("cuda", enabled=self._autocast_dtype == torch.float16)
 
@@ -376,12 +375,19 @@ def _ratio(total: float, count: int) -> float:
     return total / count if count else float("nan")
 
 
-def _build_optimizer(train: TrainConfig, parameters: list[Tensor]) -> torch.optim.Optimizer:
+def _build_optimizer(
+    train: TrainConfig, parameters: list[Tensor], weighting: list[Tensor]
+) -> torch.optim.Optimizer:
+    """The optimiser of the model's ``parameters`` and the loss weighting's own (uncertainty
+    weighting's log-variances), which weight decay would pull towards equal weights: they get
+    none."""
     cls = OPTIMIZERS[train.optimizer]
     options: dict[str, Any] = {"lr": train.lr, "weight_decay": train.weight_decay}
     if train.optimizer == "sgd":
         options["momentum"] = 0.9
-    return cls(parameters, **options)
+    if not weighting:
+        return cls(parameters, **options)
+    return cls([{"params": parameters}, {"params": weighting, "weight_decay": 0.0}], **options)
 
 
 def _autocast_dtype(device: torch.device) -> torch.dtype | None:

@@ -121,3 +121,15 @@ def test_seeding_makes_cudnn_choose_deterministic_algorithms() -> None:
     torch.backends.cudnn.benchmark = True
     seed_everything(0)
     assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+
+
+def test_weight_decay_leaves_the_uncertainty_weights_alone(ham_phantom: Path, tmp_path):
+    """Decay would pull every log-variance towards 0, towards equal weights, whatever the
+    losses say."""
+    config = derm_config(ham_phantom, tmp_path, weighting="uncertainty")
+    train = config.train.model_copy(update={"weight_decay": 0.1})
+    trainer = TaskTrainer(build_model(config), config.tasks, train)
+    groups = trainer.optimizer.param_groups
+    weighting = [g for g in groups if any(p is trainer.weighting.log_vars for p in g["params"])]
+    assert [g["weight_decay"] for g in weighting] == [0.0]
+    assert any(g["weight_decay"] == 0.1 for g in groups)
