@@ -189,7 +189,8 @@ class UncertaintyWeighting(LossWeighting):
     gives 0) the ``s_k`` term is left out, so ``s_k`` does not drift while the task is absent.
 
     The engine adds ``parameters()`` (``log_vars``, shape ``(T,)``, initialised to
-    ``init_log_var``) to the optimiser; they are site state and never travel.
+    ``init_log_var``) to the optimiser, without weight decay; they are site state and never
+    travel.
 
     Args:
         task_names: the tasks.
