@@ -12,8 +12,8 @@ Usage: $(basename "$0") [--dest DIR] [--python PY] [--torch-index URL]
 
 On a machine with internet: pin every dependency of fedctan to the version installed in the
 environment of PY (default: the project's .venv/bin/python, which ./run made and tested, else
-python3),
-download those wheels, a torch wheel for the SITE's hardware, and a fedctan wheel into DIR.
+python3), download those wheels, a torch wheel for the SITE's hardware, and a fedctan wheel into
+DIR.
 Copy DIR to the site and install there, with no index:
 
     pip install --no-index --find-links wheelhouse -c wheelhouse/requirements-lock.txt fedctan
