@@ -61,16 +61,10 @@ class JoinChannelsd:
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         out = dict(data)
-        rest, masks = out[self.key], out.pop(self.from_key)
-        parts, next_rest, next_mask = [], 0, 0
-        for channel in range(rest.shape[0] + masks.shape[0]):
-            if channel in self.channels:
-                parts.append(masks[next_mask : next_mask + 1])
-                next_mask += 1
-            else:
-                parts.append(rest[next_rest : next_rest + 1])
-                next_rest += 1
-        out[self.key] = torch.cat([torch.as_tensor(p) for p in parts], dim=0)
+        rest, masks = torch.as_tensor(out[self.key]), torch.as_tensor(out.pop(self.from_key))
+        total = rest.shape[0] + masks.shape[0]
+        split_order = [c for c in range(total) if c not in self.channels] + self.channels
+        out[self.key] = torch.cat([rest, masks])[np.argsort(split_order).tolist()]
         return out
 
 
