@@ -123,20 +123,35 @@ def test_manifest_laterality_exchanges_the_paired_channels(tmp_path: Path) -> No
     assert seen == {"kept", "mirrored"}
 
 
-def test_cached_masks_follow_a_change_of_the_task_classes(tmp_path: Path) -> None:
+def label_map_site(tmp_path: Path, column: str, second: int) -> Path:
+    """A manifest site of one 16x16 image whose label map holds 1 in one square and ``second``
+    in another."""
     root = tmp_path / "site"
     write_jpeg(root / "img" / "a.png", 0, size=(16, 16))
     labels = np.zeros((16, 16), np.uint8)
-    labels[2:6, 2:6], labels[8:12, 8:12] = 1, 3
+    labels[2:6, 2:6], labels[8:12, 8:12] = 1, second
     (root / "mask").mkdir()
     Image.fromarray(labels).save(root / "mask" / "a.png")
-    (root / "manifest.csv").write_text("case_id,image,organs\na,img/a.png,mask/a.png\n")
-    targets = {}
-    for classes in (1, 3):
-        tasks = [{"name": "organs", "kind": "segmentation", "classes": classes, "exclusive": False}]
-        config = make_config("manifest", root, tasks, tmp_path / "cache")
-        case = build_cases(config)[0]
-        targets[classes] = CaseDataset([case], config, train=False)[0]["targets"]["organs"]
+    (root / "manifest.csv").write_text(f"case_id,image,{column}\na,img/a.png,mask/a.png\n")
+    return root
+
+
+def label_target(root: Path, task: dict, cache: Path) -> torch.Tensor:
+    """The training target the site's one case gives ``task``."""
+    config = make_config("manifest", root, [task], cache)
+    return CaseDataset(build_cases(config), config, train=False)[0]["targets"][task["name"]]
+
+
+def test_cached_masks_follow_a_change_of_the_task_classes(tmp_path: Path) -> None:
+    root = label_map_site(tmp_path, "organs", second=3)
+    targets = {
+        classes: label_target(
+            root,
+            {"name": "organs", "kind": "segmentation", "classes": classes, "exclusive": False},
+            tmp_path / "cache",
+        )
+        for classes in (1, 3)
+    }
     assert targets[1].shape[0] == 1 and targets[3].shape[0] == 3
     assert targets[3][0].sum() > 0 and targets[3][1].sum() == 0 and targets[3][2].sum() > 0
 
@@ -144,23 +159,12 @@ def test_cached_masks_follow_a_change_of_the_task_classes(tmp_path: Path) -> Non
 def test_an_exclusive_label_map_has_the_background_in_channel_0(tmp_path: Path) -> None:
     """Softmax classes cover every pixel: without a background channel the background would
     have no class, and no gradient would teach the network to say so."""
-    root = tmp_path / "site"
-    write_jpeg(root / "img" / "a.png", 0, size=(16, 16))
-    labels = np.zeros((16, 16), np.uint8)
-    labels[2:6, 2:6], labels[8:12, 8:12] = 1, 2
-    (root / "mask").mkdir()
-    Image.fromarray(labels).save(root / "mask" / "a.png")
-    (root / "manifest.csv").write_text("case_id,image,tissue\na,img/a.png,mask/a.png\n")
-    tasks = [{"name": "tissue", "kind": "segmentation", "classes": 3}]
-    config = make_config("manifest", root, tasks, tmp_path / "cache")
-    target = CaseDataset(build_cases(config), config, train=False)[0]["targets"]["tissue"]
+    root = label_map_site(tmp_path, "tissue", second=2)
+    tissue = {"name": "tissue", "kind": "segmentation", "classes": 3}
+    target = label_target(root, tissue, tmp_path / "cache")
     assert torch.equal(target.sum(dim=0), torch.ones_like(target[0])), "one class per pixel"
     assert target[0].sum() > target[1].sum() > 0 and target[1].sum() == target[2].sum()
-    independent = [{"name": "tissue", "kind": "segmentation", "classes": 3, "exclusive": False}]
-    config = make_config("manifest", root, independent, tmp_path / "cache")
-    target = CaseDataset(build_cases(config), config, train=False)[0]["targets"]["tissue"]
+    target = label_target(root, tissue | {"exclusive": False}, tmp_path / "cache")
     assert target[2].sum() == 0, "value 3 (channel 2) is absent: not the cached one-hot"
-    two = [{"name": "tissue", "kind": "segmentation", "classes": 2}]
-    config = make_config("manifest", root, two, tmp_path / "cache")
     with pytest.raises(ValueError, match=r"a\.png: label values 2 but task 'tissue' has 2 excl"):
-        CaseDataset(build_cases(config), config, train=False)[0]
+        label_target(root, tissue | {"classes": 2}, tmp_path / "cache")
