@@ -541,7 +541,16 @@ class SiteRunner:
         if previous is not None:
             before = previous.get("tasks", tasks)
             if before == tasks:
-                trainer.load_state_dict(previous["trainer"])
+                try:
+                    trainer.load_state_dict(previous["trainer"])
+                except ValueError as err:
+                    logger.warning(
+                        "site %s: its optimiser state of round %d does not fit this version's "
+                        "optimiser (%s); it starts afresh",
+                        self.site.name,
+                        previous["round"],
+                        err,
+                    )
             else:
                 logger.warning(
                     "site %s: it trained %s until round %d and trains %s now; its optimiser "

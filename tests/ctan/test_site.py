@@ -476,3 +476,23 @@ def test_a_hospital_whose_data_changes_during_a_run_is_stopped(fed, ham_phantom,
     with pytest.raises(ValueError, match=r"'h1': the data changed during run run-a: its \["):
         SiteRunner(fed, site_from_node_config(node, fed)).train_round(2, arrays, run="run-a")
     SiteRunner(fed, site_from_node_config(node, fed)).train_round(1, arrays, run="run-b")
+
+
+def test_an_optimiser_state_of_another_layout_starts_afresh_with_a_warning(
+    ham_phantom, tmp_path, caplog
+):
+    """A site that saved its state before uncertainty weighting's log-variances got their own
+    parameter group resumes its run with a fresh optimiser rather than failing each round."""
+    raw = federated_config(ham_phantom, tmp_path).model_dump(mode="json")
+    raw["train"]["weighting"] = "uncertainty"
+    fed = load_config(raw)
+    site = runner(fed, 0, tmp_path)
+    site.train_round(1, travelling(fed))
+    path = site.folder / "round-0001.pt"
+    state = torch.load(path, weights_only=True)
+    groups = state["trainer"]["optimizer"]["param_groups"]
+    groups[0]["params"] += groups.pop()["params"]
+    torch.save(state, path)
+    with caplog.at_level(logging.WARNING, logger="ctan.site"):
+        runner(fed, 0, tmp_path).train_round(2, travelling(fed))
+    assert "optimiser state of round 1 does not fit this version's optimiser" in caplog.text
