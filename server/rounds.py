@@ -548,6 +548,7 @@ def run_federation(grid: Grid, config: Config, resume: bool = False) -> Federati
             for site in joined:
                 declare(strategy, site)
                 console.print(f"round {server_round}: site {site.name} {site.tasks} joined")
+            everyone = with_earlier(sites, earlier)
             arrays, validation = _one_round(
                 server_round, arrays, strategy, admitted, config, admitted.names, log, console
             )
@@ -561,7 +562,7 @@ def run_federation(grid: Grid, config: Config, resume: bool = False) -> Federati
                 best = candidate
                 extra = best | {
                     "rounds": federation.rounds,
-                    "tasks": held_tasks(with_earlier(sites, earlier)),
+                    "tasks": held_tasks(everyone),
                 }
                 _save_global_model(folder / BEST_MODEL_NAME, model, arrays, config, extra)
             _save_state(
@@ -574,7 +575,7 @@ def run_federation(grid: Grid, config: Config, resume: bool = False) -> Federati
                     "arrays": arrays,
                     "strategy": strategy.state_dict(),
                     "best": best,
-                    "sites": [asdict(s) for s in with_earlier(sites, earlier)],
+                    "sites": [asdict(s) for s in everyone],
                 },
             )
     finally:
